@@ -1,0 +1,48 @@
+# Everything pgqueue needs is installed from here: on a fresh machine with Python and make,
+# `make demo` and `make test` do all the set-up themselves.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-server test-embedded lint chaos bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job end to end. No PGQUEUE_DSN: the embedded PostgreSQL in ./.pgqueue (stopped again at the end).
+demo: $(STAMP)
+	@if [ -n "$$PGQUEUE_DSN" ]; then \
+		$(BIN)/pgqueue demo; \
+	else \
+		$(BIN)/pgqueue demo; status=$$?; $(BIN)/pgqueue embedded stop >/dev/null; exit $$status; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check pgqueue tests bench
+	$(BIN)/mypy
+
+# The suite runs against the server named by PGQUEUE_DSN (when set) and against the embedded PostgreSQL.
+# Each run creates its own database and drops it.
+test: lint
+	@if [ -n "$$PGQUEUE_DSN" ]; then $(MAKE) --no-print-directory test-server; fi
+	@$(MAKE) --no-print-directory test-embedded
+
+test-server: $(STAMP)
+	@echo "== tests against $${PGQUEUE_DSN%%\?*}"
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-embedded: $(STAMP)
+	@echo "== tests against the embedded PostgreSQL"
+	env -u PGQUEUE_DSN $(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

@@ -1,0 +1,64 @@
+"""pgqueue: background jobs for Python, with PostgreSQL as the only moving part.
+
+::
+
+    from pgqueue import App
+
+    app = App()  # $PGQUEUE_DSN, else an embedded PostgreSQL
+
+    @app.task(queue="emails", max_attempts=5, timeout=30)
+    def send_email(to: str, subject: str) -> dict[str, str]:
+        ...
+
+    send_email.enqueue("a@b.c", subject="hi")
+
+Then ``pgqueue migrate`` once and ``pgqueue work mymodule:app`` on as many hosts as you like.
+"""
+
+from pgqueue.app import App, QueueStats, WorkerInfo
+from pgqueue.errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
+    Fatal,
+    JobNotFound,
+    PayloadTooLarge,
+    PgQueueError,
+    Retry,
+    SchemaNotMigrated,
+    UnknownTask,
+    ValidationError,
+)
+from pgqueue.job import Job, JobError, JobState
+from pgqueue.retry import Backoff
+from pgqueue.task import BoundTask, Call, Context, Task
+from pgqueue.worker import Worker, WorkerConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Backoff",
+    "BoundTask",
+    "Call",
+    "ConfigurationError",
+    "Context",
+    "DatabaseError",
+    "DatabaseUnavailable",
+    "Fatal",
+    "Job",
+    "JobError",
+    "JobNotFound",
+    "JobState",
+    "PayloadTooLarge",
+    "PgQueueError",
+    "QueueStats",
+    "Retry",
+    "SchemaNotMigrated",
+    "Task",
+    "UnknownTask",
+    "ValidationError",
+    "Worker",
+    "WorkerConfig",
+    "WorkerInfo",
+]

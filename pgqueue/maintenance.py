@@ -1,0 +1,125 @@
+"""Maintenance sweeps that every worker runs: promote due jobs, reclaim expired leases, forget dead workers,
+prune old finished jobs.
+
+There is no leader to elect. Each sweep runs in a transaction that first takes a sweep-specific advisory lock
+with ``pg_try_advisory_xact_lock``: one worker does a sweep while the others skip it, and if that worker dies
+its lock goes with its transaction, so the next tick anywhere picks the sweep up. Every sweep is idempotent
+and uses SKIP LOCKED, so even a stale worker running one twice changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pgqueue.connection import DedicatedConnection
+from pgqueue.errors import PgQueueError
+from pgqueue.queries import q
+
+log = logging.getLogger("pgqueue.maintenance")
+
+# Advisory lock keys, one per sweep ('pgqu' + a sweep code).
+LOCK_PROMOTE = 0x70677175_00000001
+LOCK_REAP = 0x70677175_00000002
+LOCK_WORKERS = 0x70677175_00000003
+LOCK_PRUNE = 0x70677175_00000004
+
+SWEEP_LIMIT = 1000
+
+
+@dataclass
+class MaintenanceConfig:
+    promote_interval: float = 1.0
+    reap_interval: float = 10.0
+    stale_worker_after: float = 300.0
+    workers_interval: float = 60.0
+    retention: timedelta | None = timedelta(days=7)
+    dead_retention: timedelta | None = None
+    prune_interval: float = 600.0
+
+
+class Maintenance:
+    def __init__(self, conn: DedicatedConnection, config: MaintenanceConfig) -> None:
+        self._conn = conn
+        self._config = config
+        self.reclaimed = 0
+        self.promoted = 0
+
+    async def promote(self) -> float:
+        """Queue due scheduled jobs; returns seconds until the next one is due (capped by the interval)."""
+        while True:
+            rows = await self._conn.fetch_locked(LOCK_PROMOTE, q("job_promote_due"), {"limit": SWEEP_LIMIT})
+            moved = sum(int(r[1]) for r in rows or ())
+            self.promoted += moved
+            if moved < SWEEP_LIMIT:
+                break
+        rows = await self._conn.fetch(q("job_next_scheduled_in"))
+        next_in = rows[0][0] if rows else None
+        interval = self._config.promote_interval
+        return interval if next_in is None else max(0.005, min(interval, next_in))
+
+    async def reap(self) -> int:
+        """Reclaim running jobs whose lease expired. Returns how many were requeued or buried."""
+        total = 0
+        while True:
+            rows = await self._conn.fetch_locked(LOCK_REAP, q("job_reap_expired"), {"limit": SWEEP_LIMIT})
+            if not rows:
+                break
+            requeued, dead, _ = rows[0]
+            count = int(requeued) + int(dead)
+            if count:
+                log.warning("reclaimed %d jobs whose lease expired (%d requeued, %d dead)", count, requeued, dead)
+            total += count
+            if count < SWEEP_LIMIT:
+                break
+        self.reclaimed += total
+        return total
+
+    async def forget_stale_workers(self) -> None:
+        await self._conn.fetch_locked(LOCK_WORKERS, q("worker_prune_stale"),
+                                      {"stale_after": self._config.stale_worker_after})
+
+    async def prune(self) -> int:
+        """Apply the retention settings: finished jobs older than them are deleted, a slice at a time."""
+        total = 0
+        plans = [(self._config.retention, ["succeeded", "cancelled"]), (self._config.dead_retention, ["dead"])]
+        for age, states in plans:
+            if age is None:
+                continue
+            while True:
+                params = {"older_than": age.total_seconds(), "states": states, "limit": 5000}
+                rows = await self._conn.fetch_locked(LOCK_PRUNE, q("job_prune"), params)
+                deleted = int(rows[0][0]) if rows else 0
+                total += deleted
+                if deleted < 5000:
+                    break
+        return total
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Run every sweep on its own cadence until ``stopping`` is set."""
+        cfg = self._config
+        due = {"reap": 0.0, "workers": 0.0, "prune": time.monotonic() + cfg.prune_interval / 10}
+        while not stopping.is_set():
+            sleep_for = cfg.promote_interval
+            try:
+                sleep_for = await self.promote()
+                now = time.monotonic()
+                if now >= due["reap"]:
+                    await self.reap()
+                    due["reap"] = now + cfg.reap_interval
+                if now >= due["workers"]:
+                    await self.forget_stale_workers()
+                    due["workers"] = now + cfg.workers_interval
+                if now >= due["prune"]:
+                    await self.prune()
+                    due["prune"] = now + cfg.prune_interval
+            except PgQueueError as err:
+                log.warning("maintenance sweep failed, will retry: %s", err)
+                sleep_for = min(cfg.promote_interval * 2, 5.0)
+            sleep_for = min(sleep_for, max(0.005, due["reap"] - time.monotonic()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=sleep_for)

@@ -1,0 +1,91 @@
+"""Helpers for testing code that uses pgqueue, against a real database.
+
+::
+
+    from pgqueue import testing
+
+    def test_signup_sends_welcome(app, conn):          # conn: a connection inside a transaction
+        signup(conn, "a@b.c")                            # your code enqueues with conn=conn
+        testing.assert_enqueued(app, send_welcome, kwargs={"to": "a@b.c"}, conn=conn)
+        jobs = testing.run_jobs(app, conn=conn)          # runs them here, in this transaction
+        assert jobs[0].state is JobState.SUCCEEDED
+        conn.rollback()                                  # and nothing is left behind
+
+``run_jobs`` claims and runs queued jobs inline, through the same claim, execution and outcome code as a
+worker, so retries, timeouts and dead letters behave as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+
+from pgqueue.app import App
+from pgqueue.errors import ValidationError
+from pgqueue.executor import ClaimedJob, execute
+from pgqueue.job import Job, JobState
+from pgqueue.task import Task
+
+# The worker id under which inline runs claim jobs.
+INLINE_WORKER = uuid.UUID("00000000-0000-0000-0000-000000007e57")
+
+
+def _name(task: Task[Any, Any] | str | None) -> str | None:
+    return task.name if isinstance(task, Task) else task
+
+
+def enqueued(app: App, task: Task[Any, Any] | str | None = None, *, queue: str | None = None,
+             conn: psycopg.Connection[Any] | None = None) -> list[Job]:
+    """Jobs waiting to run (queued or scheduled), oldest first, optionally of one task or queue."""
+    found = [job for state in (JobState.QUEUED, JobState.SCHEDULED)
+             for job in app.jobs(task=_name(task), queue=queue, state=state, limit=10_000, conn=conn)]
+    return sorted(found, key=lambda j: j.id)
+
+
+def assert_enqueued(app: App, task: Task[Any, Any] | str, *, args: list[Any] | None = None,
+                    kwargs: dict[str, Any] | None = None, count: int | None = None,
+                    conn: psycopg.Connection[Any] | None = None) -> list[Job]:
+    """Assert that jobs of ``task`` wait to run (with these arguments, this many); returns them."""
+    jobs = [j for j in enqueued(app, task, conn=conn)
+            if (args is None or j.args == args) and (kwargs is None or j.kwargs == kwargs)]
+    wanted = f"{count} job(s)" if count is not None else "a job"
+    detail = f" with args={args!r}" if args is not None else ""
+    detail += f" kwargs={kwargs!r}" if kwargs is not None else ""
+    if (count is None and not jobs) or (count is not None and len(jobs) != count):
+        raise AssertionError(f"expected {wanted} of {_name(task)}{detail} to be enqueued, found {len(jobs)}")
+    return jobs
+
+
+def run_jobs(app: App, *, queue: str | None = None, conn: psycopg.Connection[Any] | None = None,
+             limit: int = 1000) -> list[Job]:
+    """Run queued jobs inline, one at a time, until none is left (or ``limit``); returns them as they ended.
+
+    Jobs a handler enqueues meanwhile are run too. Scheduled jobs (delayed, or waiting out a retry) are left
+    alone: a failing job is run once, and its retry stays scheduled.
+    """
+    if limit < 1:
+        raise ValidationError("limit must be at least 1")
+    ran: list[Job] = []
+    with ThreadPoolExecutor(max_workers=1) as threads:
+        while len(ran) < limit:
+            params = {"limit": 1, "worker_id": INLINE_WORKER, "lease": 3600.0}
+            if queue is not None:
+                params["queues"] = [queue]
+            rows = app._fetch("job_claim_queues" if queue else "job_claim_any", params, conn)
+            if not rows:
+                break
+            job = ClaimedJob(*rows[0])
+            execution = asyncio.run(execute(app, job, INLINE_WORKER, threads))
+            outcome = execution.outcome
+            if outcome.state == "succeeded":
+                app._fetch("job_complete_many", {"ids": [job.id], "attempts": [job.attempt],
+                                                 "results": [outcome.result], "worker_id": INLINE_WORKER}, conn)
+            else:
+                name, statement_params = outcome.statement(job, INLINE_WORKER)
+                app._fetch(name, statement_params, conn)
+            ran.append(app.job(job.id, conn=conn))
+    return ran

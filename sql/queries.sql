@@ -1,0 +1,360 @@
+-- Named queries, loaded once by pgqueue.queries. Each starts at a `-- name:` header; names are noun first.
+-- Time always comes from the database (now()); workers' clocks are never compared with anything.
+
+-- name: job_insert
+INSERT INTO pgqueue.jobs (queue, task, args, kwargs, priority, state, max_attempts, scheduled_for)
+VALUES (
+    %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(priority)s,
+    CASE WHEN %(run_at)s::timestamptz > now() OR %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END,
+    %(max_attempts)s,
+    greatest(coalesce(%(run_at)s::timestamptz, now()), now() + make_interval(secs => coalesce(%(delay)s, 0)))
+)
+RETURNING id, state, scheduled_for, created_at;
+
+-- name: job_insert_many
+-- One statement for a whole batch. ids come from the sequence in input order (the subquery is read in
+-- ordinality order before nextval runs), so sorting the returned ids maps them back to the input.
+INSERT INTO pgqueue.jobs (id, queue, task, args, kwargs, priority, state, max_attempts, scheduled_for)
+SELECT nextval('pgqueue.job_id_seq'), b.queue, b.task, b.args, b.kwargs, b.priority,
+       CASE WHEN b.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+       b.max_attempts, greatest(coalesce(b.run_at, now()), now())
+FROM (
+    SELECT * FROM unnest(
+        %(queue)s::text[], %(task)s::text[], %(args)s::json[], %(kwargs)s::json[], %(priority)s::smallint[],
+        %(run_at)s::timestamptz[], %(max_attempts)s::integer[]
+    ) WITH ORDINALITY AS u(queue, task, args, kwargs, priority, run_at, max_attempts, ord)
+    ORDER BY ord
+) AS b
+RETURNING id, state, scheduled_for, created_at;
+
+-- name: job_claim_any
+-- Claim up to %(limit)s queued jobs from any queue. The CTE is a fence: the planner must finish the locking
+-- SELECT (and its LIMIT) before the UPDATE runs, so no more rows are updated than were picked. SKIP LOCKED
+-- lets concurrent claimers pass over each other's rows instead of queueing behind them.
+WITH picked AS (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'queued'
+    ORDER BY priority DESC, scheduled_for, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgqueue.jobs AS j
+SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease)s)
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts,
+          j.scheduled_for, j.created_at, j.started_at;
+
+-- name: job_claim_queues
+-- As job_claim_any, for the queues a worker serves. Each queue is read in index order through its own
+-- lateral subquery, so a deep backlog in one queue never means sorting it; the outer ORDER BY merges them.
+WITH picked AS (
+    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, scheduled_for FROM pgqueue.jobs
+        WHERE state = 'queued' AND queue = q.name
+        ORDER BY priority DESC, scheduled_for, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.scheduled_for, c.id
+    LIMIT %(limit)s
+)
+UPDATE pgqueue.jobs AS j
+SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease)s)
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts,
+          j.scheduled_for, j.created_at, j.started_at;
+
+-- name: job_complete_many
+-- Acknowledge a batch of successes in one statement. The fence is (id, attempt, worker_id, state): a worker
+-- whose lease was taken over (the attempt moved on) or whose job was handed back matches nothing, so its late
+-- completion changes nothing. The ids that did match come back.
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(results)s::json[])
+        AS t(id, attempt, result)
+), done AS (
+    DELETE FROM pgqueue.jobs AS j
+    USING input AS i
+    WHERE j.id = i.id AND j.attempt = i.attempt AND j.worker_id = %(worker_id)s AND j.state = 'running'
+    RETURNING j.*, i.result
+)
+INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
+                                   scheduled_for, created_at, started_at, finished_at, worker_id, result)
+SELECT id, queue, task, args, kwargs, priority, 'succeeded', attempt, max_attempts,
+       scheduled_for, created_at, started_at, now(), worker_id, result
+FROM done
+RETURNING id;
+
+-- name: job_retry
+-- A failed attempt that will be tried again: record the error and schedule the job after %(delay)s seconds.
+WITH j AS (
+    UPDATE pgqueue.jobs
+    SET state = CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END,
+        scheduled_for = now() + make_interval(secs => %(delay)s::float8),
+        worker_id = NULL, lease_expires_at = NULL
+    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running'
+    RETURNING id, attempt, task, queue, started_at, scheduled_for
+), e AS (
+    INSERT INTO pgqueue.job_errors (job_id, attempt, task, queue, worker_id, kind, error_type, message,
+                                    traceback, started_at)
+    SELECT id, attempt, task, queue, %(worker_id)s, %(kind)s, %(error_type)s, %(message)s, %(traceback)s,
+           started_at
+    FROM j
+)
+SELECT id, scheduled_for FROM j;
+
+-- name: job_dead
+-- A failed attempt that ends the job: record the error and move it to the dead letters.
+WITH d AS (
+    DELETE FROM pgqueue.jobs
+    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running'
+    RETURNING *
+), e AS (
+    INSERT INTO pgqueue.job_errors (job_id, attempt, task, queue, worker_id, kind, error_type, message,
+                                    traceback, started_at)
+    SELECT id, attempt, task, queue, %(worker_id)s, %(kind)s, %(error_type)s, %(message)s, %(traceback)s,
+           started_at
+    FROM d
+)
+INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
+                                   scheduled_for, created_at, started_at, finished_at, worker_id, error_type)
+SELECT id, queue, task, args, kwargs, priority, 'dead', attempt, max_attempts,
+       scheduled_for, created_at, started_at, now(), worker_id, %(error_type)s
+FROM d
+RETURNING id;
+
+-- name: job_release
+-- Graceful shutdown: hand unfinished jobs back to the queue at once. The interrupted attempt is not counted
+-- (the job did not fail), and a notification wakes the workers still running.
+WITH r AS (
+    UPDATE pgqueue.jobs
+    SET state = 'queued', attempt = attempt - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL
+    WHERE worker_id = %(worker_id)s AND state = 'running' AND id = ANY(%(ids)s::bigint[])
+    RETURNING id, queue
+)
+SELECT r.queue, count(*), pg_notify('pgqueue_jobs', r.queue) FROM r GROUP BY r.queue;
+
+-- name: job_heartbeat
+-- Renew the lease of every job this worker holds and say the worker is alive, in one round trip. The ids
+-- renewed come back: a job the worker runs that is not among them was taken from it (its lease expired).
+WITH renewed AS (
+    UPDATE pgqueue.jobs SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+    WHERE worker_id = %(worker_id)s AND state = 'running'
+    RETURNING id
+), w AS (
+    UPDATE pgqueue.workers
+    SET last_heartbeat_at = now(), jobs_done = %(jobs_done)s, jobs_failed = %(jobs_failed)s, state = %(state)s
+    WHERE id = %(worker_id)s
+    RETURNING id
+)
+SELECT array(SELECT id FROM renewed) AS renewed, (SELECT count(*) FROM w) AS registered;
+
+-- name: job_reap_expired
+-- Reclaim jobs whose worker stopped renewing their lease (crashed, killed, partitioned away). The lost attempt
+-- counts: it is recorded as a lease_expired error, and a job out of attempts goes to the dead letters. The
+-- rest are queued again at once: they have already waited a whole lease.
+WITH expired AS (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), errs AS (
+    INSERT INTO pgqueue.job_errors (job_id, attempt, task, queue, worker_id, kind, error_type, message,
+                                    started_at)
+    SELECT j.id, j.attempt, j.task, j.queue, j.worker_id, 'lease_expired', 'LeaseExpired',
+           'the worker stopped renewing the lease (it crashed, was killed or lost the database)', j.started_at
+    FROM pgqueue.jobs j JOIN expired USING (id)
+), requeued AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'queued', scheduled_for = now(), worker_id = NULL, lease_expires_at = NULL
+    FROM expired
+    WHERE j.id = expired.id AND j.attempt < j.max_attempts
+    RETURNING j.id, j.queue
+), died AS (
+    DELETE FROM pgqueue.jobs AS j
+    USING expired
+    WHERE j.id = expired.id AND j.attempt >= j.max_attempts
+    RETURNING j.*
+), buried AS (
+    INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
+                                       scheduled_for, created_at, started_at, finished_at, worker_id,
+                                       error_type)
+    SELECT id, queue, task, args, kwargs, priority, 'dead', attempt, max_attempts,
+           scheduled_for, created_at, started_at, now(), worker_id, 'LeaseExpired'
+    FROM died
+    RETURNING id
+), woken AS (
+    SELECT pg_notify('pgqueue_jobs', queue) FROM (SELECT DISTINCT queue FROM requeued) AS q
+)
+SELECT (SELECT count(*) FROM requeued) AS requeued, (SELECT count(*) FROM buried) AS dead,
+       (SELECT count(*) FROM woken) AS notified;
+
+-- name: job_promote_due
+-- Scheduled jobs (delayed, or waiting out a retry backoff) whose time has come become queued, and the
+-- workers of their queues are woken.
+WITH due AS (
+    SELECT id FROM pgqueue.jobs
+    WHERE state = 'scheduled' AND scheduled_for <= now()
+    ORDER BY scheduled_for
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), promoted AS (
+    UPDATE pgqueue.jobs AS j SET state = 'queued'
+    FROM due WHERE j.id = due.id
+    RETURNING j.queue
+)
+SELECT queue, count(*), pg_notify('pgqueue_jobs', queue) FROM promoted GROUP BY queue;
+
+-- name: job_next_scheduled_in
+-- Seconds until the earliest scheduled job is due (NULL when none), so the promoter can sleep exactly that.
+SELECT extract(epoch FROM min(scheduled_for) - now())::float8 FROM pgqueue.jobs WHERE state = 'scheduled';
+
+-- name: job_get
+SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
+       created_at, started_at, NULL::timestamptz AS finished_at, worker_id, NULL::text AS result,
+       lease_expires_at
+FROM pgqueue.jobs WHERE id = %(id)s
+UNION ALL
+SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
+       created_at, started_at, finished_at, worker_id, result::text, NULL
+FROM pgqueue.finished_jobs WHERE id = %(id)s;
+
+-- name: job_errors_get
+SELECT attempt, kind, error_type, message, traceback, worker_id, started_at, failed_at
+FROM pgqueue.job_errors WHERE job_id = %(id)s ORDER BY id;
+
+-- name: job_list
+-- Live and finished jobs, newest first, filtered; NULL filters match everything.
+SELECT * FROM (
+    SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
+           created_at, started_at, NULL::timestamptz AS finished_at, worker_id, NULL::text AS result,
+           lease_expires_at
+    FROM pgqueue.jobs
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s) AND (%(task)s::text IS NULL OR task = %(task)s)
+      AND (%(state)s::text IS NULL OR state = %(state)s)
+    UNION ALL
+    SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
+           created_at, started_at, finished_at, worker_id, result::text, NULL
+    FROM pgqueue.finished_jobs
+    WHERE (%(queue)s::text IS NULL OR queue = %(queue)s) AND (%(task)s::text IS NULL OR task = %(task)s)
+      AND (%(state)s::text IS NULL OR state = %(state)s)
+) AS j
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: job_cancel
+-- Cancel a job that has not started: it moves to finished_jobs as cancelled and will never run.
+WITH c AS (
+    DELETE FROM pgqueue.jobs WHERE id = %(id)s AND state IN ('scheduled', 'queued') RETURNING *
+)
+INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
+                                   scheduled_for, created_at, started_at, finished_at, worker_id)
+SELECT id, queue, task, args, kwargs, priority, 'cancelled', attempt, max_attempts,
+       scheduled_for, created_at, started_at, now(), worker_id
+FROM c
+RETURNING id;
+
+-- name: job_retry_finished
+-- Bring dead (and, by id, cancelled) jobs back to the queue in one statement, however many. Attempt numbers
+-- keep counting (they fence old workers); each job gets at least one more attempt.
+WITH moved AS (
+    DELETE FROM pgqueue.finished_jobs
+    WHERE state = ANY(%(states)s::text[])
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(task)s::text IS NULL OR task = %(task)s)
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+    RETURNING *
+)
+INSERT INTO pgqueue.jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
+                          scheduled_for, created_at)
+SELECT id, queue, task, args, kwargs, priority, 'queued', attempt, greatest(max_attempts, attempt + 1),
+       now(), created_at
+FROM moved
+RETURNING id;
+
+-- name: job_delete_dead
+WITH d AS (
+    DELETE FROM pgqueue.finished_jobs
+    WHERE state = 'dead'
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(task)s::text IS NULL OR task = %(task)s)
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+    RETURNING id
+), e AS (
+    DELETE FROM pgqueue.job_errors WHERE job_id IN (SELECT id FROM d)
+)
+SELECT count(*) FROM d;
+
+-- name: job_dead_list
+SELECT id, queue, task, args::text, kwargs::text, attempt, max_attempts, created_at, finished_at, error_type,
+       error_message
+FROM pgqueue.dead_letters
+WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+ORDER BY finished_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: job_prune
+-- Delete a slice of finished jobs older than %(older_than)s seconds (and their errors). Called in a loop so
+-- no statement holds locks or builds WAL for long.
+WITH d AS (
+    DELETE FROM pgqueue.finished_jobs
+    WHERE id IN (
+        SELECT id FROM pgqueue.finished_jobs
+        WHERE finished_at < now() - make_interval(secs => %(older_than)s) AND state = ANY(%(states)s::text[])
+        LIMIT %(limit)s
+    )
+    RETURNING id
+), e AS (
+    DELETE FROM pgqueue.job_errors WHERE job_id IN (SELECT id FROM d)
+)
+SELECT count(*) FROM d;
+
+-- name: worker_register
+INSERT INTO pgqueue.workers (id, host, pid, queues, concurrency)
+VALUES (%(id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = now(), state = 'running';
+
+-- name: worker_deregister
+DELETE FROM pgqueue.workers WHERE id = %(id)s;
+
+-- name: worker_prune_stale
+-- Forget workers that have not sent a heartbeat for %(stale_after)s seconds. Their jobs are reclaimed by
+-- the lease reaper, not here: a row's age proves nothing about a job's lease.
+DELETE FROM pgqueue.workers WHERE last_heartbeat_at < now() - make_interval(secs => %(stale_after)s);
+
+-- name: worker_list
+SELECT id, host, pid, queues, concurrency, state, started_at, last_heartbeat_at, uptime, running, jobs_done,
+       jobs_failed
+FROM pgqueue.worker_stats ORDER BY started_at;
+
+-- name: queue_stats
+SELECT queue, scheduled, queued, running, dead, oldest_queued_age, succeeded_last_minute, failed_last_minute,
+       dead_last_minute
+FROM pgqueue.queue_stats ORDER BY queue;
+
+-- name: job_count_by_state
+SELECT state, count(*) FROM pgqueue.jobs WHERE id = ANY(%(ids)s::bigint[]) GROUP BY state
+UNION ALL
+SELECT state, count(*) FROM pgqueue.finished_jobs WHERE id = ANY(%(ids)s::bigint[]) GROUP BY state;
+
+-- name: maintenance_try_lock
+-- Maintenance sweeps run in every worker; a transaction-scoped advisory lock lets one do each sweep at a time
+-- while the others skip it. No leader to elect, nothing to fail over.
+SELECT pg_try_advisory_xact_lock(%(key)s::bigint);
+
+-- name: notify_listen
+LISTEN pgqueue_jobs;
+
+-- name: demo_summary
+SELECT task, count(*), count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'dead'),
+       count(*) FILTER (WHERE state = 'cancelled'), count(*) FILTER (WHERE attempt > 1),
+       coalesce(avg(attempt) FILTER (WHERE state <> 'cancelled'), 0)::float8
+FROM pgqueue.finished_jobs WHERE id = ANY(%(ids)s::bigint[])
+GROUP BY task ORDER BY task;
