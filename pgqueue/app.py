@@ -234,7 +234,7 @@ class App:
         args_text, kwargs_text = encode_payload(args, kwargs, self.max_payload_bytes)
         return {
             "task": name,
-            "queue": check_queue(options.queue or (task.queue if task else "default")),
+            "queue": check_queue(options.queue if options.queue is not None else (task.queue if task else "default")),
             "priority": check_priority(options.priority if options.priority is not None
                                        else (task.priority if task else 0)),
             "max_attempts": check_max_attempts(options.max_attempts if options.max_attempts is not None

@@ -11,6 +11,7 @@
         assert jobs[0].state is JobState.SUCCEEDED
         conn.rollback()                                  # and nothing is left behind
 
+``running_worker`` runs a real worker in a background thread for the length of a ``with`` block.
 ``run_jobs`` claims and runs queued jobs inline, through the same claim, execution and outcome code as a
 worker, so retries, timeouts and dead letters behave as in production.
 """
@@ -18,8 +19,11 @@ worker, so retries, timeouts and dead letters behave as in production.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -29,6 +33,7 @@ from pgqueue.errors import ValidationError
 from pgqueue.executor import ClaimedJob, execute
 from pgqueue.job import Job, JobState
 from pgqueue.task import Task
+from pgqueue.worker import Worker, WorkerConfig
 
 # The worker id under which inline runs claim jobs.
 INLINE_WORKER = uuid.UUID("00000000-0000-0000-0000-000000007e57")
@@ -89,3 +94,41 @@ def run_jobs(app: App, *, queue: str | None = None, conn: psycopg.Connection[Any
                 app._fetch(name, statement_params, conn)
             ran.append(app.job(job.id, conn=conn))
     return ran
+
+
+@contextmanager
+def running_worker(app: App, *, timeout: float = 30.0, **config: Any) -> Iterator[Worker]:
+    """A real worker on a background thread for the ``with`` block; stopped (drained) when it ends::
+
+        with testing.running_worker(app, concurrency=4, lease=5):
+            job = resize.enqueue(42)
+            ...  # wait for the job's state to change
+
+    Keyword arguments are WorkerConfig fields.
+    """
+    worker = Worker(app, WorkerConfig(**config))
+    loop = asyncio.new_event_loop()
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            loop.run_until_complete(worker.run())
+        except BaseException as err:  # surfaced in the test's thread below
+            failure.append(err)
+            worker.ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=target, name="pgqueue-test-worker", daemon=True)
+    thread.start()
+    worker.ready.wait(timeout)
+    if failure:
+        raise failure[0]
+    try:
+        yield worker
+    finally:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(worker.stop)
+        thread.join(timeout)
+        if failure:
+            raise failure[0]

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -117,6 +118,8 @@ class Worker:
         self._forced: asyncio.Event
         self._slot_free: asyncio.Event
         self.started: asyncio.Event | None = None
+        # Set (from the worker's loop) once it claims; lets other threads wait for it, as tests do.
+        self.ready = threading.Event()
         self.notifier: Notifier | None = None
 
     # -- control ---------------------------------------------------------------------------------------------
@@ -170,6 +173,7 @@ class Worker:
         log.info("worker %s started: queues=%s concurrency=%d lease=%ss", self.id,
                  ",".join(cfg.queues) if cfg.queues else "*", cfg.concurrency, cfg.lease)
         self.started.set()
+        self.ready.set()
         try:
             await self._produce()
             await self._drain()

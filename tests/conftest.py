@@ -1,0 +1,110 @@
+"""Every test run gets its own database on a real PostgreSQL, and drops it at the end.
+
+The server: ``$PGQUEUE_DSN`` when set (CI points it at the local PostgreSQL 15), else an embedded
+PostgreSQL 18 started in a temporary folder for this run. No mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from pgqueue import App, embedded
+from pgqueue.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A DSN for the server's maintenance database."""
+    env = os.environ.get("PGQUEUE_DSN", "").strip()
+    if env:
+        yield env
+        return
+    home = Path(tempfile.mkdtemp(prefix="pgqueue-test-"))
+    try:
+        yield embedded.ensure_running(home)
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def create_database(server_dsn: str, name: str) -> str:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(server_dsn, dbname=name)
+
+
+def drop_database(server_dsn: str, name: str) -> None:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def fresh_database(server_dsn: str) -> Iterator[Callable[[], str]]:
+    """Make more empty databases (dropped at the end of the run)."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"pgqueue_test_{uuid.uuid4().hex[:12]}"
+        made.append(name)
+        return create_database(server_dsn, name)
+
+    yield make
+    for name in made:
+        drop_database(server_dsn, name)
+
+
+@pytest.fixture(scope="session")
+def dsn(fresh_database: Callable[[], str]) -> str:
+    """The run's migrated test database."""
+    database = fresh_database()
+    migrate(database)
+    return database
+
+
+def _clean(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgqueue.jobs, pgqueue.finished_jobs, pgqueue.job_errors, pgqueue.workers")
+
+
+@pytest.fixture
+def app(dsn: str) -> Iterator[App]:
+    """An App on the test database, with empty queue tables."""
+    _clean(dsn)
+    application = App(dsn=dsn)
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection for looking at the database directly."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
+              message: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

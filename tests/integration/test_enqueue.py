@@ -1,0 +1,187 @@
+"""Enqueueing: in the caller's transaction, in bulk, through SQL, and refusing bad input whole."""
+
+from __future__ import annotations
+
+import json
+import select
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgqueue import App, JobState, PayloadTooLarge, UnknownTask, ValidationError
+from pgqueue.task import Call, EnqueueOptions
+
+
+def count_jobs(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT (SELECT count(*) FROM pgqueue.jobs) + (SELECT count(*) FROM pgqueue.finished_jobs)"
+                     ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_enqueue_returns_the_job_and_it_reads_back(app: App) -> None:
+    @app.task(queue="emails", priority=2, max_attempts=5)
+    def send_email(to: str, subject: str) -> None: ...
+
+    job = send_email.enqueue("a@b.c", subject="hi")
+    assert (job.queue, job.priority, job.max_attempts, job.state) == ("emails", 2, 5, JobState.QUEUED)
+    read = app.job(job.id)
+    assert read.args == ["a@b.c"] and read.kwargs == {"subject": "hi"}
+    assert read.state is JobState.QUEUED and read.attempt == 0
+
+
+def test_arguments_round_trip_exactly(app: App, db: psycopg.Connection[Any]) -> None:
+    @app.task()
+    def echo(value: Any) -> None: ...
+
+    value = {"z": 1, "a": [1.1, 2**70, -0.0, None, True], "s": "NUL\x00 日本 \u2028 \U0001f600", "e": {}}
+    job = echo.enqueue(value)
+    assert app.job(job.id).args == [value]
+    stored = db.execute("SELECT args::text FROM pgqueue.jobs WHERE id = %s", (job.id,)).fetchone()
+    assert stored is not None and stored[0] == json.dumps([value], ensure_ascii=False,
+                                                          separators=(",", ":"))  # key order kept too
+
+
+def test_rollback_leaves_no_job_and_commit_makes_it_visible(app: App, dsn: str,
+                                                           db: psycopg.Connection[Any]) -> None:
+    @app.task()
+    def work(n: int) -> None: ...
+
+    with psycopg.connect(dsn) as conn:
+        work.enqueue(1, conn=conn)
+        assert count_jobs(db) == 0  # not visible before commit
+        conn.rollback()
+    assert count_jobs(db) == 0
+    with psycopg.connect(dsn) as conn:
+        job = work.using(conn=conn, queue="other").enqueue(2)
+        conn.commit()
+    assert app.job(job.id).queue == "other" and count_jobs(db) == 1
+
+
+def test_enqueue_many_is_one_statement_with_one_notification_per_queue(app: App, dsn: str) -> None:
+    @app.task(queue="bulk")
+    def item(n: int) -> None: ...
+
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgqueue_jobs")
+        calls = [item.call(i) for i in range(500)]
+        calls += [Call((i,), {}, EnqueueOptions(queue="bulk2")) for i in range(500, 1000)]
+        jobs = item.enqueue_many(calls)
+        assert [j.args for j in jobs] == [[i] for i in range(1000)]
+        assert [j.id for j in jobs] == sorted(j.id for j in jobs)  # ids map back to the input order
+        assert [app.job(j.id).args for j in jobs[::100]] == [[i] for i in range(0, 1000, 100)]
+        select.select([listener.fileno()], [], [], 2)
+        payloads = sorted(n.payload for n in listener.notifies(timeout=0.5))
+    assert payloads == ["bulk", "bulk2"]
+
+
+def test_delayed_and_future_jobs_are_scheduled(app: App, db: psycopg.Connection[Any]) -> None:
+    @app.task()
+    def later() -> None: ...
+
+    delayed = later.using(delay=60).enqueue()
+    at = later.using(run_at=datetime.now(timezone.utc) + timedelta(hours=1)).enqueue()
+    past = later.using(run_at=datetime.now(timezone.utc) - timedelta(hours=1)).enqueue()
+    assert delayed.state is JobState.SCHEDULED and at.state is JobState.SCHEDULED
+    assert past.state is JobState.QUEUED
+    row = db.execute("SELECT scheduled_for - created_at FROM pgqueue.jobs WHERE id = %s", (delayed.id,)).fetchone()
+    assert row is not None and timedelta(seconds=59) < row[0] <= timedelta(seconds=61)
+
+
+
+def test_enqueue_async_and_in_caller_async_transaction(app: App, dsn: str, db: psycopg.Connection[Any]) -> None:
+    import asyncio
+
+    @app.task()
+    async def ping(n: int) -> int:
+        return n
+
+    async def main() -> None:
+        job = await ping.enqueue_async(1)
+        assert job.state is JobState.QUEUED
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            await ping.enqueue_async(2, conn=conn)
+            await conn.rollback()
+        await app.aclose()
+
+    asyncio.run(main())
+    assert count_jobs(db) == 1
+
+
+@pytest.mark.parametrize("bad", [
+    {"priority": -1}, {"priority": 40000}, {"queue": "';--"}, {"queue": ""}, {"max_attempts": 0},
+    {"delay": -5}, {"run_at": datetime(2030, 1, 1)},
+])
+def test_bad_options_are_refused_and_nothing_is_written(app: App, db: psycopg.Connection[Any],
+                                                        bad: dict[str, Any]) -> None:
+    @app.task()
+    def job(n: int) -> None: ...
+
+    with pytest.raises(ValidationError):
+        job.enqueue(1, **bad)
+    with pytest.raises(ValidationError):
+        job.enqueue_many([job.call(1), job.call(2, **bad)])  # one bad item: none of the batch is written
+    assert count_jobs(db) == 0
+
+
+def test_bad_arguments_payloads_and_names_are_refused(app: App, db: psycopg.Connection[Any]) -> None:
+    @app.task()
+    def job(n: int) -> None: ...
+
+    with pytest.raises(ValidationError, match="bad arguments"):
+        job.enqueue(1, 2)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="JSON"):
+        job.enqueue(float("nan"))  # type: ignore[arg-type]
+    small = App(dsn=app.dsn, max_payload_bytes=1000)
+    big = small.task(name="big")(lambda blob: None)
+    with pytest.raises(PayloadTooLarge, match="over the limit"):
+        big.enqueue("x" * 2000)
+    with pytest.raises(UnknownTask, match="unknown task 'nope'"):
+        app.enqueue("nope")
+    small.close()
+    assert count_jobs(db) == 0
+
+
+def test_by_name_enqueue_for_producers_without_handlers(dsn: str, app: App) -> None:
+    producer = App(dsn=dsn)  # registers nothing: any well-formed name goes
+    job = producer.enqueue("billing.charge", kwargs={"order": 42}, queue="billing", priority=5)
+    assert app.job(job.id).kwargs == {"order": 42}
+    with pytest.raises(ValidationError, match="invalid task name"):
+        producer.enqueue("drop table;--")
+    producer.close()
+
+
+def test_sql_api_enqueue(app: App, db: psycopg.Connection[Any]) -> None:
+    row = db.execute("""SELECT pgqueue.enqueue('send_email', '{"to": "a@b.c"}', queue => 'emails',
+                        priority => 3)""").fetchone()
+    assert row is not None
+    job = app.job(row[0])
+    assert (job.task, job.kwargs, job.queue, job.priority, job.state) == (
+        "send_email", {"to": "a@b.c"}, "emails", 3, JobState.QUEUED)
+    row = db.execute("SELECT pgqueue.enqueue('resize', '[42, \"big\"]', run_at => now() + interval '1 hour')"
+                     ).fetchone()
+    assert row is not None and app.job(row[0]).args == [42, "big"] and app.job(row[0]).state is JobState.SCHEDULED
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("SELECT pgqueue.enqueue('t', '{}', queue => $$';--$$)", "invalid queue name"),
+    ("SELECT pgqueue.enqueue($$a'; DROP TABLE x;--$$)", "invalid task name"),
+    ("SELECT pgqueue.enqueue('t', '{}', priority => -1)", "priority must be between"),
+    ("SELECT pgqueue.enqueue('t', '\"text\"')", "JSON object"),
+    ("SELECT pgqueue.enqueue('t', '{}', max_attempts => 0)", "max_attempts"),
+])
+def test_sql_api_refuses_bad_input(db: psycopg.Connection[Any], app: App, call: str, message: str) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+        db.execute(call)
+    assert count_jobs(db) == 0
+
+
+def test_sql_api_payload_limit(db: psycopg.Connection[Any], app: App) -> None:
+    with db.transaction():
+        db.execute("SET LOCAL pgqueue.max_payload_bytes = 100")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="over the limit of 100 bytes"):
+            with db.transaction():
+                db.execute("SELECT pgqueue.enqueue('t', json_build_object('x', repeat('a', 200)))")
+    assert count_jobs(db) == 0
