@@ -178,7 +178,8 @@ def work(
 @cli.command()
 def enqueue(
     task: Annotated[str, typer.Argument(help="Task name, e.g. myproj.tasks.send_email")],
-    args: Annotated[str, typer.Option("--args", help='JSON object (keyword args) or array (positional).')] = "{}",
+    args: Annotated[str, typer.Option("--args", help="JSON object (keyword args) or array (positional); "
+                                      "@FILE reads it from a file, - from stdin.")] = "{}",
     queue: Annotated[str | None, typer.Option(help="Queue (default: the task's, else 'default').")] = None,
     priority: Annotated[int | None, typer.Option(help="0-32767, higher runs first.")] = None,
     delay: Annotated[str | None, typer.Option(help="Run after this long, e.g. 30s, 5m.")] = None,
@@ -189,7 +190,7 @@ def enqueue(
 ) -> None:
     """Enqueue one job and print its id."""
     try:
-        payload = json.loads(args)
+        payload = json.loads(_read_args(args))
     except ValueError as err:
         raise ValidationError(f"--args is not valid JSON: {err}") from err
     if not isinstance(payload, dict | list):
@@ -205,6 +206,18 @@ def enqueue(
                       payload if isinstance(payload, dict) else {}, queue=queue, priority=priority, run_at=when,
                       delay=parse_duration(delay).total_seconds() if delay else None, max_attempts=max_attempts)
     typer.echo(f"enqueued job {job.id} ({job.task} on queue {job.queue}, {job.state.value})")
+
+
+def _read_args(value: str) -> str:
+    if value == "-":
+        return sys.stdin.read()
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as source:
+                return source.read()
+        except OSError as err:
+            raise ValidationError(f"cannot read --args file {value[1:]!r}: {err.strerror}") from err
+    return value
 
 
 def _job_rows(jobs: Sequence[Any]) -> list[tuple[Any, ...]]:

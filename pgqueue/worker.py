@@ -82,6 +82,26 @@ class WorkerConfig:
             self.reap_interval = self.heartbeat
 
 
+class _HandlerThreads(ThreadPoolExecutor):
+    """The pool for sync handlers, counting the calls still running (a thread cannot be stopped, only counted)."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="pgqueue-job")
+        self._count_lock = threading.Lock()
+        self.active = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        with self._count_lock:
+            self.active += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _: object) -> None:
+        with self._count_lock:
+            self.active -= 1
+
+
 @dataclass
 class _Running:
     job: ClaimedJob
@@ -162,7 +182,7 @@ class Worker:
             dead_retention=self.app.dead_retention,
         ))
         self.notifier = Notifier(dsn, self._on_notify)
-        self._threads = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="pgqueue-job")
+        self._threads = _HandlerThreads(cfg.concurrency)
         await self._register()
         background = [
             asyncio.create_task(self.notifier.run(), name="pgqueue-notifier"),
@@ -367,5 +387,6 @@ class Worker:
 
     @property
     def busy_threads(self) -> int:
-        """Jobs still on the books (after run() returns: sync handlers whose threads could not be stopped)."""
-        return len(self._running)
+        """Sync handlers still running in threads (after run() returns: those that could not be stopped)."""
+        threads = getattr(self, "_threads", None)
+        return threads.active if threads is not None else 0

@@ -181,7 +181,7 @@ def test_sql_api_refuses_bad_input(db: psycopg.Connection[Any], app: App, call: 
 def test_sql_api_payload_limit(db: psycopg.Connection[Any], app: App) -> None:
     with db.transaction():
         db.execute("SET LOCAL pgqueue.max_payload_bytes = 100")
-        with pytest.raises(psycopg.errors.InvalidParameterValue, match="over the limit of 100 bytes"):
-            with db.transaction():
-                db.execute("SELECT pgqueue.enqueue('t', json_build_object('x', repeat('a', 200)))")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="over the limit of 100 bytes"), \
+                db.transaction():
+            db.execute("SELECT pgqueue.enqueue('t', json_build_object('x', repeat('a', 200)))")
     assert count_jobs(db) == 0
