@@ -69,8 +69,8 @@ def run_jobs(app: App, *, queue: str | None = None, conn: psycopg.Connection[Any
              limit: int = 1000) -> list[Job]:
     """Run queued jobs inline, one at a time, until none is left (or ``limit``); returns them as they ended.
 
-    Jobs a handler enqueues meanwhile are run too. Scheduled jobs (delayed, or waiting out a retry) are left
-    alone: a failing job is run once, and its retry stays scheduled.
+    Scheduled jobs (delayed, or waiting out a retry) are left alone: a failing job is run once, and its retry
+    stays scheduled. Handlers' own database writes go through their own connections, not ``conn``.
     """
     if limit < 1:
         raise ValidationError("limit must be at least 1")
