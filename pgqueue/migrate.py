@@ -1,4 +1,7 @@
-"""Numbered schema migrations: ``sql/migrations/NNNN_name.sql``, each applied once, in order.
+"""Numbered schema migrations: ``sql/migrations/NNNN_name.sql``, each applied once, in number order.
+
+Numbers are unique and increasing but need not be contiguous; any shipped migration a database lacks is
+applied, so features developed side by side can each reserve a number.
 
 Every run takes a session advisory lock first, so any number of hosts may run ``pgqueue migrate`` at the same
 time: one applies, the others wait and then find nothing to do. Each migration runs in its own transaction
@@ -16,7 +19,7 @@ import psycopg
 
 from pgqueue.connection import connect
 from pgqueue.errors import DatabaseError, SchemaNotMigrated, first_line, from_psycopg
-from pgqueue.queries import parse_named, sql_dir
+from pgqueue.queries import queries, sql_dir
 
 _FILE = re.compile(r"(\d{4})_(\w+)\.sql")
 # 'pgqu' + 'migr' as a number: the advisory lock every migrator takes.
@@ -46,8 +49,8 @@ def available() -> list[Migration]:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise DatabaseError(f"migrations must be numbered 1..n without gaps, found {versions}")
+    if len(set(versions)) != len(versions):
+        raise DatabaseError(f"two migrations share a number: {versions}")
     return found
 
 
@@ -56,7 +59,7 @@ def latest_version() -> int:
 
 
 def _meta_sql() -> dict[str, str]:
-    return parse_named(sql_dir().joinpath("migrate.sql").read_text(encoding="utf-8"))
+    return queries()
 
 
 def applied(conn: psycopg.Connection[Any]) -> dict[int, datetime]:

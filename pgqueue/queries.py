@@ -1,6 +1,7 @@
 """Named SQL, loaded once from the ``sql/`` folder shipped in the wheel.
 
-``sql/queries.sql`` is split on ``-- name: <name>`` headers; ``QUERIES["job_claim_any"]`` is one statement.
+Every file in ``sql/queries/`` (one per area: ``core.sql``, ``migrate.sql``, ...) is split on
+``-- name: <name>`` headers; ``q("job_claim_any")`` is one statement. Names are unique across files.
 The folder is found through ``importlib.resources`` (installed wheel: ``pgqueue/sql``) and, in a source
 checkout or editable install, beside the package.
 """
@@ -17,7 +18,7 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 def sql_dir() -> Traversable:
-    """The folder holding schema.sql, queries.sql and migrations/."""
+    """The folder holding schema.sql, queries/ and migrations/."""
     packaged = resources.files("pgqueue").joinpath("sql")
     if packaged.is_dir():
         return packaged
@@ -42,7 +43,15 @@ def parse_named(text: str) -> dict[str, str]:
 
 @cache
 def queries() -> dict[str, str]:
-    return parse_named(sql_dir().joinpath("queries.sql").read_text(encoding="utf-8"))
+    named: dict[str, str] = {}
+    files = sorted((f for f in sql_dir().joinpath("queries").iterdir() if f.name.endswith(".sql")),
+                   key=lambda f: f.name)
+    for source in files:
+        for name, statement in parse_named(source.read_text(encoding="utf-8")).items():
+            if name in named:
+                raise ValueError(f"query {name!r} is defined twice (again in {source.name})")
+            named[name] = statement
+    return named
 
 
 def q(name: str) -> str:

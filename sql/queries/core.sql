@@ -1,4 +1,4 @@
--- Named queries, loaded once by pgqueue.queries. Each starts at a `-- name:` header; names are noun first.
+-- Core named queries: enqueue, claim, complete, fail, leases, maintenance, reads. Loaded by pgqueue.queries.
 -- Time always comes from the database (now()); workers' clocks are never compared with anything.
 
 -- name: job_insert
