@@ -418,12 +418,12 @@ class App:
     # -- reading and managing jobs ---------------------------------------------------------------------------
 
     def job(self, job_id: int, *, conn: psycopg.Connection[Any] | None = None) -> Job:
-        """A job with its errors, wherever it is in its life. Raises JobNotFound."""
-        rows = self._fetch("job_get", {"id": job_id}, conn)
-        if not rows:
-            raise JobNotFound(f"no job with id {job_id}")
-        errors = tuple(JobError(*row) for row in self._fetch("job_errors_get", {"id": job_id}, conn))
-        return Job.from_row(rows[0], errors)
+        """A job with its errors, wherever it is in its life, read from one snapshot. Raises JobNotFound."""
+        if conn is not None:
+            return _read_job(conn, job_id)
+        with self.connection() as pooled, pooled.transaction():
+            _run(pooled, "snapshot_consistent", {})
+            return _read_job(pooled, job_id)
 
     def jobs(self, *, queue: str | None = None, state: JobState | str | None = None, task: str | None = None,
              limit: int = 50, conn: psycopg.Connection[Any] | None = None) -> list[Job]:
@@ -577,6 +577,14 @@ class App:
         from pgqueue.migrate import migrate
 
         return migrate(self.dsn)
+
+
+def _read_job(conn: psycopg.Connection[Any], job_id: int) -> Job:
+    rows = _run(conn, "job_get", {"id": job_id})
+    if not rows:
+        raise JobNotFound(f"no job with id {job_id}")
+    errors = tuple(JobError(*row) for row in _run(conn, "job_errors_get", {"id": job_id}))
+    return Job.from_row(rows[0], errors)
 
 
 def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:

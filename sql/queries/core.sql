@@ -451,3 +451,7 @@ SELECT task, count(*), count(*) FILTER (WHERE state = 'succeeded'), count(*) FIL
        coalesce(avg(attempt) FILTER (WHERE state <> 'cancelled'), 0)::float8
 FROM pgqueue.finished_jobs WHERE id = ANY(%(ids)s::bigint[])
 GROUP BY task ORDER BY task;
+
+-- name: snapshot_consistent
+-- First statement of a read-only transaction whose several reads must agree with each other.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
