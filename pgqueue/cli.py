@@ -195,12 +195,7 @@ def enqueue(
                                                  help="Check the task and its arguments against this app.")] = None,
 ) -> None:
     """Enqueue one job and print its id."""
-    try:
-        payload = json.loads(_read_args(args))
-    except ValueError as err:
-        raise ValidationError(f"--args is not valid JSON: {err}") from err
-    if not isinstance(payload, dict | list):
-        raise ValidationError("--args must be a JSON object (keyword arguments) or array (positional arguments)")
+    payload = _parse_args(args)
     when = None
     if run_at is not None:
         try:
@@ -212,6 +207,17 @@ def enqueue(
                       payload if isinstance(payload, dict) else {}, queue=queue, priority=priority, run_at=when,
                       delay=parse_duration(delay).total_seconds() if delay else None, max_attempts=max_attempts)
     typer.echo(f"enqueued job {job.id} ({job.task} on queue {job.queue}, {job.state.value})")
+
+
+def _parse_args(value: str) -> list[Any] | dict[str, Any]:
+    """--args: a JSON object (keyword arguments) or array (positional), inline, @FILE or - for stdin."""
+    try:
+        payload = json.loads(_read_args(value))
+    except (ValueError, RecursionError) as err:
+        raise ValidationError(f"--args is not valid JSON: {err}") from err
+    if not isinstance(payload, dict | list):
+        raise ValidationError("--args must be a JSON object (keyword arguments) or array (positional arguments)")
+    return payload
 
 
 def _read_args(value: str) -> str:
@@ -475,12 +481,7 @@ def cron_add(
     """Add (or replace) a schedule kept in the database."""
     from pgqueue.periodic import Schedule
 
-    try:
-        payload = json.loads(_read_args(args))
-    except ValueError as err:
-        raise ValidationError(f"--args is not valid JSON: {err}") from err
-    if not isinstance(payload, dict | list):
-        raise ValidationError("--args must be a JSON object (keyword arguments) or array (positional arguments)")
+    payload = _parse_args(args)
     schedule = Schedule(name=name, cron=cron, task=task, timezone=timezone, queue=queue, priority=priority,
                         missed=missed, args=tuple(payload) if isinstance(payload, list) else (),
                         kwargs=payload if isinstance(payload, dict) else None)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -128,31 +129,27 @@ class Maintenance:
     async def run(self, stopping: asyncio.Event) -> None:
         """Run every sweep on its own cadence until ``stopping`` is set."""
         cfg = self._config
-        due = {"reap": 0.0, "workers": 0.0, "prune": time.monotonic() + cfg.prune_interval / 10, "cron": 0.0,
-               "aging": 0.0}
+        # (sweep, interval, first run): promotion runs every loop; these on their own cadence.
+        sweeps: list[tuple[Callable[[], Awaitable[object]], float, float]] = [
+            (self.reap, cfg.reap_interval, 0.0),
+            (self.forget_stale_workers, cfg.workers_interval, 0.0),
+            (self.prune, cfg.prune_interval, cfg.prune_interval / 10),
+            (self.tick_schedules, cfg.cron_interval, 0.0),
+            (self.age_priorities, cfg.aging_interval, 0.0),
+        ]
+        start = time.monotonic()
+        due = [start + first for _, _, first in sweeps]
         while not stopping.is_set():
             sleep_for = cfg.promote_interval
             try:
                 sleep_for = await self.promote()
-                now = time.monotonic()
-                if now >= due["reap"]:
-                    await self.reap()
-                    due["reap"] = now + cfg.reap_interval
-                if now >= due["workers"]:
-                    await self.forget_stale_workers()
-                    due["workers"] = now + cfg.workers_interval
-                if now >= due["prune"]:
-                    await self.prune()
-                    due["prune"] = now + cfg.prune_interval
-                if now >= due["cron"]:
-                    await self.tick_schedules()
-                    due["cron"] = now + cfg.cron_interval
-                if now >= due["aging"]:
-                    await self.age_priorities()
-                    due["aging"] = now + cfg.aging_interval
+                for i, (sweep, interval, _) in enumerate(sweeps):
+                    if time.monotonic() >= due[i]:
+                        await sweep()
+                        due[i] = time.monotonic() + interval
             except PgQueueError as err:
                 log.warning("maintenance sweep failed, will retry: %s", err)
                 sleep_for = min(cfg.promote_interval * 2, 5.0)
-            sleep_for = min(sleep_for, max(0.005, min(due["reap"], due["cron"]) - time.monotonic()))
+            sleep_for = min(sleep_for, max(0.005, min(due) - time.monotonic()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=sleep_for)
