@@ -1,0 +1,3 @@
+"""The scenarios, one module per kind of fault; importing this package registers them all."""
+
+from tests.chaos.scenarios import workers  # noqa: F401
