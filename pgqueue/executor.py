@@ -112,7 +112,7 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         return Execution(_failure(job, err, DEFAULT_BACKOFF))
     try:
         args, kwargs = json.loads(job.args), json.loads(job.kwargs)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: JSON nested deeper than Python parses
         return Execution(_failure(job, err, task.backoff))
     if task.takes_context:
         ctx = Context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,

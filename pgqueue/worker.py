@@ -313,7 +313,8 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         before = {job_id for job_id, r in self._running.items() if not r.acking}
-        params = {"worker_id": self.id, "lease": self.config.lease, "jobs_done": self.stats.done,
+        params = {"worker_id": self.id, "ids": list(self._running), "lease": self.config.lease,
+                  "jobs_done": self.stats.done,
                   "jobs_failed": self.stats.failed,
                   "state": "draining" if self._stopping.is_set() else "running"}
         try:

@@ -141,9 +141,11 @@ SELECT r.queue, count(*), pg_notify('pgqueue_jobs', r.queue) FROM r GROUP BY r.q
 -- name: job_heartbeat
 -- Renew the lease of every job this worker holds and say the worker is alive, in one round trip. The ids
 -- renewed come back: a job the worker runs that is not among them was taken from it (its lease expired).
+-- Only the jobs it says it runs (%(ids)s) are renewed: a job it claimed but lost track of (the claim's reply
+-- lost with its connection, an internal error) must expire and be reclaimed, not be renewed forever.
 WITH renewed AS (
     UPDATE pgqueue.jobs SET lease_expires_at = now() + make_interval(secs => %(lease)s)
-    WHERE worker_id = %(worker_id)s AND state = 'running'
+    WHERE worker_id = %(worker_id)s AND state = 'running' AND id = ANY(%(ids)s::bigint[])
     RETURNING id
 ), w AS (
     UPDATE pgqueue.workers

@@ -289,3 +289,143 @@ def hung_handler(run: Run, jobs: int) -> None:
     run.check("async hung attempts that ran on (not cancelled)",
               sum(1 for j in async_ids for ex in runlog.executions.get(j, []) if ex.attempt == 1 and ex.ended),
               "==", 0)
+
+
+# -- 7 ------------------------------------------------------------------------------------------------------------
+
+def rollbacks(db: psycopg.Connection[Any]) -> int:
+    return int(scalar(db, "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()"))
+
+
+def drain(db: psycopg.Connection[Any], fleet: Fleet, ids: list[int], keep: int, timeout: float,
+          fraction: float = 1.0) -> float:
+    """Seconds until ``fraction`` of the jobs in ``ids`` have finished; returns once all have, restarting workers
+    that die meanwhile. Below 1, the steady rate: the tail of jobs waiting out a dead worker's lease is left out
+    (scenario 1 bounds that wait)."""
+    started = time.monotonic()
+    reached: float | None = None
+    while True:
+        done = sum(finished_states(db, ids).values())
+        if reached is None and done >= fraction * len(ids):
+            reached = time.monotonic() - started
+        if done == len(ids):
+            assert reached is not None
+            return reached
+        fleet.keep(keep)
+        if time.monotonic() - started > timeout:
+            stuck = db.execute("SELECT id, task, state, attempt FROM pgqueue.jobs WHERE id = ANY(%s) LIMIT 5",
+                               (ids,)).fetchall()
+            raise AssertionError(f"jobs did not finish within {timeout:g} s, e.g. {stuck}")
+        time.sleep(0.02)
+
+
+@scenario(7, "poison jobs", quick={"healthy": 3000, "poison": 2}, full={"healthy": 20_000, "poison": 10})
+def poison_jobs(run: Run, healthy: int, poison: int) -> None:
+    """Jobs that raise, cannot be called, or kill their worker (os._exit), among healthy ones.
+
+    Three rounds of ``healthy`` jobs: alone, among the poison that fails in the handler, and among the poison
+    that kills its worker process (a supervisor starts a new one, as systemd or Kubernetes would).
+    """
+    workers = 3
+    dsn = run.database()
+    fleet = run.fleet(dsn, *lease_args(1.0, 0.33, concurrency=8))
+    fleet.start(workers)
+    deep = "[" * 5000 + "]" * 5000  # valid JSON to PostgreSQL, too deep for Python's json module
+    with psycopg.connect(dsn, autocommit=True) as db:
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgqueue.workers") == workers, 30, what="workers")
+        rounds: dict[str, float] = {}
+        healthy_ids: list[int] = []
+
+        def healthy_round(name: str) -> None:
+            ids = enqueue_many(db, "chaos.work", [{"ms": 10}] * healthy)
+            healthy_ids.extend(ids)
+            rounds[name] = 0.9 * healthy / drain(db, fleet, ids, workers, 120, fraction=0.9)
+
+        healthy_round("alone")
+        rolled_back = rollbacks(db)
+        poison_ids = {
+            "raises": enqueue_many(db, "chaos.raise", [{}] * poison, max_attempts=POISON_ATTEMPTS),
+            "wrong arguments": [int(scalar(db, "SELECT pgqueue.enqueue('chaos.args', '{\"bogus\": 1}', "
+                                               "max_attempts => %s)", (POISON_ATTEMPTS,))) for _ in range(poison)],
+            "undecodable (nested too deep)": [int(scalar(db, "SELECT pgqueue.enqueue('chaos.args', %s::json, "
+                                                             "max_attempts => %s)", (deep, POISON_ATTEMPTS)))
+                                              for _ in range(poison)],
+        }
+        healthy_round("among failing poison")
+        drain(db, fleet, [j for ids in poison_ids.values() for j in ids], workers, 60)
+        poison_ids["exits (os._exit)"] = enqueue_many(db, "chaos.exit", [{}] * poison, max_attempts=POISON_ATTEMPTS)
+        healthy_round("among crashing poison")
+        every_poison = [j for ids in poison_ids.values() for j in ids]
+        drain(db, fleet, every_poison, workers, 60)
+        rolled_back = rollbacks(db) - rolled_back
+        dead = dict(db.execute("SELECT id, attempt FROM pgqueue.finished_jobs WHERE state = 'dead' AND id = ANY(%s)",
+                               (every_poison,)).fetchall())
+        errors = errors_of(db, every_poison)
+        # From a failed attempt to the start of the next one: the backoff (a reclaimed attempt is retried at once).
+        gaps = [g for (g,) in db.execute(
+            "SELECT extract(epoch FROM n.started_at - e.failed_at)::float8 FROM pgqueue.job_errors e "
+            "JOIN pgqueue.job_errors n ON n.job_id = e.job_id AND n.attempt = e.attempt + 1 "
+            "WHERE e.job_id = ANY(%s) AND e.kind = 'error'", (every_poison,)).fetchall()]
+        healthy_states = finished_states(db, healthy_ids)
+    fleet.stop_all()
+    runlog = fleet.runlog()
+    per_job = Counter(e[0] for e in errors)
+    run.figure("healthy jobs per round", healthy)
+    for kind, ids in poison_ids.items():
+        run.check(f"poison '{kind}': dead after exactly {POISON_ATTEMPTS} attempts",
+                  sum(1 for j in ids if dead.get(j) == POISON_ATTEMPTS and per_job[j] == POISON_ATTEMPTS),
+                  "==", len(ids))
+    uncallable = poison_ids["wrong arguments"] + poison_ids["undecodable (nested too deep)"]
+    run.check("handler runs of jobs it cannot be called with", sum(runlog.count(j) for j in uncallable), "==", 0)
+    run.figure("worker processes killed by poison (restarted)", len(fleet.crashed()))
+    run.check("worker processes that died otherwise", len(fleet.crashed(expected=(3,))), "==", 0)
+    run.check("healthy jobs completed", healthy_states["succeeded"], "==", len(healthy_ids))
+    for name, rate in rounds.items():
+        run.figure(f"healthy throughput {name}", round(rate), "jobs/s")
+    run.check("healthy throughput kept among failing poison", round(rounds["among failing poison"] / rounds["alone"],
+                                                                    2), ">=", 0.9, "x")
+    run.check("healthy throughput kept among crashing poison",
+              round(rounds["among crashing poison"] / rounds["alone"], 2), ">=", 0.7, "x")
+    run.check("quickest retry of a failed attempt (backoff floor)", round(min(gaps, default=1.0), 3), ">=",
+              POISON_RETRY[0] * 0.5, "s")
+    run.check("rolled-back transactions (failing claims or writes)", rolled_back, "<=", 3 * workers)
+
+
+# -- 15 -----------------------------------------------------------------------------------------------------------
+
+@scenario(15, "pool exhaustion", quick={"jobs": 12, "hold": 1.5}, full={"jobs": 60, "hold": 3.0})
+def pool_exhaustion(run: Run, jobs: int, hold: float) -> None:
+    """Handlers that each hold one of the app's pooled connections for ``hold`` seconds, 12 at once on a pool of
+    2: most wait (at full size, some past the pool's 10 s timeout). Heartbeats have a connection of their own."""
+    lease, heartbeat, pool = 1.5, 0.5, 2
+    dsn = run.database()
+    fleet = run.fleet(dsn, *lease_args(lease, heartbeat, concurrency=12), env={"CHAOS_POOL_SIZE": str(pool)})
+    (proc,) = fleet.start()
+    with psycopg.connect(dsn, autocommit=True) as db:
+        ids = enqueue_many(db, "chaos.pool", [{"seconds": hold}] * jobs)
+        stalest, deadline = 0.0, time.monotonic() + jobs * hold / pool * 3 + 60
+        while not all_finished(db, ids):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pool-bound jobs did not finish: {counts(db)}")
+            age = scalar(db, "SELECT extract(epoch FROM now() - min(last_heartbeat_at))::float8 FROM pgqueue.workers")
+            stalest = max(stalest, age or 0.0)
+            time.sleep(0.05)
+        errors = errors_of(db, ids)
+        completed = finished_states(db, ids)["succeeded"]
+        # Recovery: once the pool is free again, fresh jobs run at once.
+        fresh = enqueue_many(db, "chaos.work", [{"ms": 0}] * 20)
+        enqueued_at = time.monotonic()
+        wait_until(lambda: all_finished(db, fresh), 30, what="fresh jobs after the exhaustion")
+        recovery = time.monotonic() - enqueued_at
+        alive = proc.poll() is None
+    fleet.stop_all()
+    run.figure("jobs holding a pooled connection", jobs)
+    run.figure("pool size / concurrency", f"{pool} / 12")
+    run.figure("attempts failed waiting for the pool (retried)",
+               sum(1 for e in errors if e[2] == "error" and e[3] == "DatabaseUnavailable"))
+    run.check("worker alive throughout", alive, "==", True)
+    run.check("stalest worker heartbeat seen", round(stalest, 3), "<=", heartbeat + 1.0, "s")
+    run.check("jobs reclaimed for a missed heartbeat", sum(1 for e in errors if e[2] == "lease_expired"), "==", 0)
+    run.check("other failed attempts", sum(1 for e in errors if e[3] != "DatabaseUnavailable"), "==", 0)
+    run.check("jobs completed", completed, "==", jobs)
+    run.check("20 fresh jobs done after the exhaustion within", round(recovery, 2), "<=", 2.0, "s")
