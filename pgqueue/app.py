@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pgqueue.job import (
     check_queue,
     check_task_name,
     encode_payload,
+    from_json,
 )
 from pgqueue.queries import q
 from pgqueue.retry import Backoff
@@ -346,7 +346,8 @@ class App:
         out = []
         for row in self._fetch("job_dead_list", params):
             item = dict(zip(keys, row, strict=True))
-            item["args"], item["kwargs"] = json.loads(item["args"]), json.loads(item["kwargs"])
+            what = f"job {item['id']}'s arguments"
+            item["args"], item["kwargs"] = from_json(item["args"], what), from_json(item["kwargs"], what)
             out.append(item)
         return out
 

@@ -24,7 +24,7 @@ import typer
 from pgqueue import embedded
 from pgqueue.app import App
 from pgqueue.errors import ConfigurationError, DatabaseError, PgQueueError, ValidationError
-from pgqueue.job import JobState
+from pgqueue.job import JobState, from_json
 from pgqueue.worker import Worker, WorkerConfig
 
 cli = typer.Typer(
@@ -190,7 +190,7 @@ def enqueue(
 ) -> None:
     """Enqueue one job and print its id."""
     try:
-        payload = json.loads(_read_args(args))
+        payload = from_json(_read_args(args), "--args")
     except ValueError as err:
         raise ValidationError(f"--args is not valid JSON: {err}") from err
     if not isinstance(payload, dict | list):

@@ -77,7 +77,7 @@ def sigkill_storm(run: Run, jobs: int, workers: int, period: float, lease: float
                 at = db_now(db)
                 for proc in victims:
                     fleet.kill(proc)
-                for pid, wid in worker_ids(db, [p.pid for p in victims]).items():
+                for wid in worker_ids(db, [p.pid for p in victims]).values():
                     kill_times[wid] = at
                 fleet.start(len(victims))
                 rounds += 1
