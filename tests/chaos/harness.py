@@ -34,6 +34,7 @@ from psycopg.conninfo import make_conninfo
 
 from pgqueue.migrate import migrate
 from tests.chaos.fleet import Fleet
+from tests.chaos.servers import PrivateServer
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
@@ -123,6 +124,13 @@ class Run:
         fleet = Fleet(dsn, folder, list(worker_args), env or {})
         self.defer(fleet.stop_all)
         return fleet
+
+    def private_server(self, **settings: str) -> PrivateServer:
+        """A PostgreSQL of this scenario's own (stopped and deleted at its end), for restarts and settings."""
+        server = PrivateServer(Path(tempfile.mkdtemp(prefix="server-", dir=self.folder)), **settings)
+        self.defer(server.close)
+        server.start()
+        return server
 
     def close(self) -> None:
         self._cleanup.close()
