@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgqueue.worker")
 
+# Seconds after a notification at which an idle worker claims once more (the notify slot of notify_inserted).
+SETTLE_AFTER_NOTIFY = 0.1
+
 
 @dataclass
 class WorkerConfig:
@@ -131,6 +134,7 @@ class Worker:
         self.stats = WorkerStats()
         self._running: dict[int, _Running] = {}
         self._more = True
+        self._settle = False
         self._stop_requests = 0
         # Created in run(): asyncio primitives belong to the loop that runs the worker.
         self._wake: asyncio.Event
@@ -218,6 +222,7 @@ class Worker:
         if queue is None or queues is None or queue in queues:
             self.stats.wakeups += 1
             self._more = True
+            self._settle = True
             self._wake.set()
 
     async def _produce(self) -> None:
@@ -241,7 +246,13 @@ class Worker:
                 self._more = len(jobs) == asked
                 if self._more and len(self._running) < cfg.concurrency:
                     continue
-            await self._sleep(cfg.poll_interval, poll=True)
+            if self._settle:
+                # Under contention an enqueue may leave its wake-up to another's notification, which can arrive
+                # just before the first one commits (see notify_inserted): look once more shortly after.
+                self._settle = False
+                await self._sleep(SETTLE_AFTER_NOTIFY, poll=True)
+            else:
+                await self._sleep(cfg.poll_interval, poll=True)
 
     async def _sleep(self, seconds: float, poll: bool = False) -> None:
         """Sleep until woken (notification, free slot, stop) or ``seconds`` pass; a timeout is the safety poll."""

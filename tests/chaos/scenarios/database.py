@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
+import subprocess
+import sys
 import time
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -12,9 +17,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.chaos.harness import Run, scenario
-from tests.chaos.load import Producer, enqueue_many
-from tests.chaos.probes import db_now, scalar, wait_until
+from tests.chaos.load import Producer
+from tests.chaos.probes import LockWatch, db_now, scalar, wait_until
 from tests.chaos.scenarios.workers import all_finished, errors_of, finished_states, lease_args
+from tests.conftest import ROOT
 
 LISTENERS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN pgqueue_jobs'"
 
@@ -64,10 +70,7 @@ def database_restart(run: Run, restarts: list[str], workers: int) -> None:
                 ready_at = db_now(db)
                 wait_until(lambda: listeners(dsn) == workers, 30, what="workers to listen again")
                 resume_listen.append(time.monotonic() - ready)
-                first = wait_until(lambda: scalar(db, "SELECT min(started_at) FROM pgqueue.jobs WHERE started_at > %s "
-                                                      "UNION ALL SELECT min(started_at) FROM pgqueue.finished_jobs "
-                                                      "WHERE started_at > %s ORDER BY 1 LIMIT 1",
-                                                  (ready_at, ready_at)), 30, what="a claim after the restart")
+                first = wait_until(partial(first_claim_after, db, ready_at), 30, what="a claim after the restart")
                 resume_claims.append((first - ready_at).total_seconds())
         time.sleep(1.0)
     acknowledged = producer.acknowledged
@@ -93,6 +96,12 @@ def database_restart(run: Run, restarts: list[str], workers: int) -> None:
                sum(1 for e in errors if e[2] == "lease_expired"))
     run.check("failed attempts other than lost claims", sum(1 for e in errors if e[2] != "lease_expired"), "==", 0)
     run.check("jobs whose handler ran twice", sum(1 for ex in runlog.executions.values() if len(ex) > 1), "==", 0)
+
+
+def first_claim_after(db: psycopg.Connection[Any], moment: datetime) -> datetime | None:
+    return scalar(db, "SELECT min(s) FROM (SELECT started_at AS s FROM pgqueue.jobs WHERE started_at > %(t)s "
+                      "UNION ALL SELECT started_at FROM pgqueue.finished_jobs WHERE started_at > %(t)s) AS c",
+                  {"t": moment})  # type: ignore[no-any-return]
 
 
 # -- 5 ------------------------------------------------------------------------------------------------------------
@@ -166,3 +175,90 @@ def listener_killed(run: Run, poll: float, probes: int) -> None:
     run.check("listening again after the outage within", round(relisten, 2), "<=", 3.0, "s")
     run.check("longest wake-up after", round(max(after) * 1000, 1), "<=", 200.0, "ms")
     run.figure("median wake-up after", round(statistics.median(after) * 1000, 1), "ms")
+
+
+# -- 11 -----------------------------------------------------------------------------------------------------------
+
+def run_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pgqueue", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PGQUEUE_DSN": dsn})
+
+
+@scenario(11, "dead-letter bulk retry during live load", quick={"dead": 10_000}, full={"dead": 10_000})
+def dead_letter_retry(run: Run, dead: int) -> None:
+    """``pgqueue dlq retry --queue dlq`` on ``dead`` dead jobs while a producer and two workers keep busy."""
+    dsn = run.database()
+    fleet = run.fleet(dsn, *lease_args(10.0, 1.0, concurrency=16))
+    fleet.start(2)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        ids = [int(i) for (i,) in db.execute(
+            "INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts, "
+            "scheduled_for, created_at, finished_at, error_type) "
+            "SELECT nextval('pgqueue.job_id_seq'), 'dlq', 'chaos.work', '[]', '{}', 0, 'dead', 3, 3, now(), now(), "
+            "now(), 'RuntimeError' FROM generate_series(1, %s) RETURNING id", (dead,)).fetchall()]
+        with Producer(dsn, "chaos.work", {"ms": 5}, interval=0.005) as producer, LockWatch(dsn) as locks:
+            time.sleep(1.0)
+            started = time.monotonic()
+            first = run_cli(dsn, "dlq", "retry", "--queue", "dlq")
+            took = time.monotonic() - started
+            second = run_cli(dsn, "dlq", "retry", "--queue", "dlq")
+            time.sleep(0.5)
+        wait_until(lambda: all_finished(db, ids + producer.acknowledged), 120, what="retried and live jobs to finish")
+        states = finished_states(db, ids)
+        live = finished_states(db, producer.acknowledged)
+    fleet.stop_all()
+    runlog = fleet.runlog()
+    run.figure("dead jobs", dead)
+    run.figure("live jobs enqueued meanwhile", len(producer.acknowledged))
+    run.check("requeued by the first retry", first.stdout.strip(), "==", f"queued {dead} dead jobs again")
+    run.check("requeued by a second retry", second.stdout.strip(), "==", "queued 0 dead jobs again")
+    run.figure("first retry, whole CLI call", round(took, 2), "s")
+    run.check("longest lock held on a pgqueue table", round(locks.held, 3), "<=", 1.0, "s")
+    run.check("longest wait for a lock", round(locks.waited, 3), "<=", 1.0, "s")
+    run.check("retried jobs completed", states["succeeded"], "==", dead)
+    run.check("retried jobs run more than once", sum(1 for j in ids if runlog.count(j) > 1), "==", 0)
+    run.check("live jobs completed", live["succeeded"], "==", len(producer.acknowledged))
+
+
+# -- 14 -----------------------------------------------------------------------------------------------------------
+
+@scenario(14, "NOTIFY contention", quick={"processes": 4, "threads": 25, "seconds": 1.5, "cycles": 4},
+          full={"processes": 4, "threads": 75, "seconds": 4.0, "cycles": 8})
+def notify_contention(run: Run, processes: int, threads: int, seconds: float, cycles: int) -> None:
+    """Hundreds of concurrent single-job enqueues on a private server that allows that many connections, in
+    windows that cycle through: notifications on; off (``SET pgqueue.notify = off``, the trigger still runs);
+    and no trigger at all. The shared machine's load drifts, so each window is compared with its neighbours in
+    the same cycle and the median ratio is the figure."""
+    gap = 0.4
+    modes = ("on", "off", "none")
+    server = run.private_server(max_connections=str(processes * threads + 50))
+    dsn = run.database(server.dsn)
+    fleet = run.fleet(dsn, "--queue", "elsewhere")  # a worker LISTENs (its queue is another), as in production
+    fleet.start()
+    wait_until(lambda: listeners(dsn) == 1, 30, what="a listener")
+    first = time.time() + 3.0 + 0.03 * threads  # time for every process to open its connections
+    windows = [(first + i * (seconds + gap), modes[i % 3]) for i in range(3 * cycles)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.chaos.enqueuers", dsn, str(threads), str(seconds),
+                               *(f"{start}:{'off' if mode == 'off' else 'on'}" for start, mode in windows)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    with psycopg.connect(dsn, autocommit=True) as db:
+        for start, mode in windows:
+            # Switch in the gap before the window, while the enqueuers are idle.
+            time.sleep(max(0.0, start - gap / 2 - time.time()))
+            state = "DISABLE" if mode == "none" else "ENABLE"
+            db.execute(f"ALTER TABLE pgqueue.jobs {state} TRIGGER jobs_notify_inserted")
+        per_process = [list(map(int, p.communicate(timeout=len(windows) * (seconds + gap) + 120)[0].split()))
+                       for p in procs]
+        db.execute("ALTER TABLE pgqueue.jobs ENABLE TRIGGER jobs_notify_inserted")
+        enqueued = int(scalar(db, "SELECT count(*) FROM pgqueue.jobs"))
+    fleet.stop_all()
+    totals = [sum(column) for column in zip(*per_process, strict=True)]
+    rates = {mode: [n / seconds for n in totals[i::3]] for i, mode in enumerate(modes)}
+    run.figure("concurrent enqueuers", processes * threads)
+    run.figure("jobs enqueued", enqueued)
+    for mode, label in (("on", "notifications on"), ("off", "pgqueue.notify = off"), ("none", "no trigger")):
+        run.figure(f"enqueues/s, {label} (per window)", ", ".join(f"{r:,.0f}" for r in rates[mode]))
+    versus_none = statistics.median(a / b for a, b in zip(rates["on"], rates["none"], strict=True))
+    run.figure("notifications on vs no trigger at all (median of cycles)", round(versus_none, 3), "x")
+    versus_off = statistics.median(a / b for a, b in zip(rates["on"], rates["off"], strict=True))
+    run.check("notifications on vs off (median of cycles)", round(versus_off, 3), ">=", 0.9, "x")
