@@ -13,7 +13,8 @@ from tests.chaos.load import enqueue_many
 from tests.chaos.probes import scalar, wait_until
 from tests.chaos.scenarios.workers import lease_args
 
-CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgqueue'"
+CONNECTIONS = ("SELECT count(*) FROM pg_stat_activity "
+               "WHERE datname = current_database() AND application_name = 'pgqueue'")
 
 
 def rss_kib(pid: int) -> int:
