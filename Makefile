@@ -44,5 +44,12 @@ test-embedded: $(STAMP)
 	@echo "== tests against the embedded PostgreSQL"
 	env -u PGQUEUE_DSN $(BIN)/pytest $(PYTEST_ARGS)
 
+# The fault and abuse suite at full size (about 50 minutes, 30 of them the soak; make test runs a quick slice):
+# each scenario's figures against its bounds, then `chaos: N passed, M failed`. Against $$PGQUEUE_DSN's server
+# when set, else an embedded PostgreSQL; scenarios that restart or reconfigure PostgreSQL start their own.
+chaos: $(STAMP)
+	@mkdir -p test-artifacts
+	$(BIN)/python -m tests.chaos --markdown test-artifacts/chaos.md $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build
