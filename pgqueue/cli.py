@@ -25,6 +25,7 @@ from pgqueue import embedded
 from pgqueue.app import App
 from pgqueue.errors import ConfigurationError, DatabaseError, PgQueueError, ValidationError
 from pgqueue.job import JobState, from_json
+from pgqueue.roles import roles_command
 from pgqueue.worker import Worker, WorkerConfig
 
 cli = typer.Typer(
@@ -37,6 +38,7 @@ embedded_cli = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL u
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(embedded_cli, name="embedded")
+cli.command("roles")(roles_command)
 
 _state: dict[str, Any] = {"dsn": None}
 
