@@ -16,6 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from pgqueue.migrate import available
+from pgqueue.queries import q
 from tests.chaos.harness import Run, scenario
 from tests.chaos.load import Producer
 from tests.chaos.probes import LockWatch, db_now, scalar, wait_until
@@ -262,3 +264,52 @@ def notify_contention(run: Run, processes: int, threads: int, seconds: float, cy
     run.figure("notifications on vs no trigger at all (median of cycles)", round(versus_none, 3), "x")
     versus_off = statistics.median(a / b for a, b in zip(rates["on"], rates["off"], strict=True))
     run.check("notifications on vs off (median of cycles)", round(versus_off, 3), ">=", 0.9, "x")
+
+
+# -- 17 -----------------------------------------------------------------------------------------------------------
+
+@scenario(17, "migration under load", quick={"seconds": 4.0}, full={"seconds": 12.0})
+def migration_under_load(run: Run, seconds: float) -> None:
+    """``pgqueue migrate`` to the newest schema while a producer and two workers run at a steady load.
+
+    The database starts with every migration but the newest, as the previous release left it. Workers check
+    the schema version only when they start, so the newest is recorded for their start and unrecorded again
+    before the migration runs: from then on they run against the older schema, as deployed workers do while
+    the upgrade is applied."""
+    shipped = available()
+    newest = shipped[-1]
+    dsn = run.database(migrated=False)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute(q("migrations_prepare").encode())
+        for migration in shipped[:-1]:
+            with db.transaction():
+                db.execute(migration.sql.encode())
+                db.execute(q("migrations_record"), {"version": migration.version, "name": migration.name})
+        db.execute(q("migrations_record"), {"version": newest.version, "name": newest.name})
+        fleet = run.fleet(dsn, *lease_args(10.0, 1.0, concurrency=8))
+        fleet.start(2)
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgqueue.workers") == 2, 30, what="workers")
+        db.execute("DELETE FROM pgqueue.schema_migrations WHERE version = %s", (newest.version,))
+        with Producer(dsn, "chaos.work", {"ms": 5}, interval=0.003) as producer, LockWatch(dsn) as locks:
+            time.sleep(seconds / 2)
+            started = time.monotonic()
+            migrated = run_cli(dsn, "migrate")
+            took = time.monotonic() - started
+            time.sleep(seconds / 2)
+        wait_until(lambda: all_finished(db, producer.acknowledged), 60, what="the jobs enqueued under load")
+        states = finished_states(db, producer.acknowledged)
+        errors = errors_of(db, producer.acknowledged)
+        version = scalar(db, "SELECT max(version) FROM pgqueue.schema_migrations")
+    fleet.stop_all()
+    run.figure("migration applied", f"{newest.version:04d}_{newest.name}")
+    run.figure("jobs enqueued under load", len(producer.acknowledged))
+    run.check("`pgqueue migrate` output", migrated.stdout.strip(), "==",
+              f"applied migrations {newest.version}; schema is at version {newest.version}")
+    run.check("schema version after", version, "==", newest.version)
+    run.figure("migration, whole CLI call", round(took, 2), "s")
+    run.check("enqueues refused during the migration", producer.failures, "==", 0)
+    run.check("jobs failed", len(errors), "==", 0)
+    run.check("jobs completed", states["succeeded"], "==", len(producer.acknowledged))
+    run.check("longest lock held on a pgqueue table", round(locks.held, 3), "<=", 1.0, "s")
+    run.check("longest wait for a lock", round(locks.waited, 3), "<=", 1.0, "s")
+    run.check("worker crashes", len(fleet.crashed()), "==", 0)
