@@ -214,7 +214,10 @@ SELECT queue, count(*), pg_notify('pgqueue_jobs', queue) FROM promoted GROUP BY 
 
 -- name: job_next_scheduled_in
 -- Seconds until the earliest scheduled job is due (NULL when none), so the promoter can sleep exactly that.
-SELECT extract(epoch FROM min(scheduled_for) - now())::float8 FROM pgqueue.jobs WHERE state = 'scheduled';
+-- A job scheduled for 'infinity' (the SQL API accepts it) is never due; before PostgreSQL 17 subtracting it
+-- fails, and with it every maintenance sweep.
+SELECT extract(epoch FROM min(scheduled_for) - now())::float8 FROM pgqueue.jobs
+WHERE state = 'scheduled' AND isfinite(scheduled_for);
 
 -- name: job_get
 SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,

@@ -49,3 +49,22 @@ def test_a_running_job_the_worker_does_not_know_is_not_renewed(app: App, db: psy
                        message="the forgotten job to be reclaimed and run")
     assert job.result == "rescued" and job.attempt == 2
     assert [e.kind for e in job.errors] == ["lease_expired"]
+
+
+def test_a_job_scheduled_for_infinity_does_not_stop_maintenance(app: App, db: psycopg.Connection[Any]) -> None:
+    """Scenario 8: pgqueue.enqueue(run_at => 'infinity') made the promoter's next-due query fail on
+    PostgreSQL 15 (cannot subtract infinite timestamps), and every maintenance sweep with it: expired leases
+    were never reclaimed."""
+
+    @app.task(name="orphaned")
+    def orphaned() -> str:
+        return "rescued"
+
+    db.execute("SELECT pgqueue.enqueue('orphaned', run_at => 'infinity')")
+    row = db.execute("INSERT INTO pgqueue.jobs (task, state, attempt, worker_id, started_at, lease_expires_at) "
+                     "VALUES ('orphaned', 'running', 1, gen_random_uuid(), now(), now()) RETURNING id").fetchone()
+    assert row is not None
+    with running_worker(app, lease=1.0, heartbeat=0.25, poll_interval=0.5, promote_interval=0.1):
+        job = wait_for(lambda: (j := app.job(row[0])).state is JobState.SUCCEEDED and j, timeout=10,
+                       message="the expired lease to be reclaimed")
+    assert job.result == "rescued"
