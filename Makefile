@@ -27,7 +27,7 @@ demo: $(STAMP)
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check pgqueue tests bench
+	$(BIN)/ruff check pgqueue tests $(wildcard bench)
 	$(BIN)/mypy
 
 # The suite runs against the server named by PGQUEUE_DSN (when set) and against the embedded PostgreSQL.
