@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,15 @@ class PrivateServer:
         return PostmasterInfo.read_from_pgdata(embedded.data_dir(self.folder))
 
     def _pg_ctl(self, *args: str) -> None:
-        embedded._module().pg_ctl(list(args), pgdata=embedded.data_dir(self.folder), user=_server_user(), timeout=60)
+        try:
+            embedded._module().pg_ctl(list(args), pgdata=embedded.data_dir(self.folder), user=_server_user(),
+                                      timeout=60)
+        except subprocess.CalledProcessError as err:
+            # Say why: the server's own log is deleted with the scenario's folder.
+            log = embedded.data_dir(self.folder) / "log"
+            tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else ["(no server log)"]
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed ({err.returncode}); server log:\n"
+                               + "\n".join(tail)) from err
 
     def stop(self, mode: str = "fast") -> None:
         """``fast``: clients are disconnected, a checkpoint is written. ``immediate``: every process exits at
