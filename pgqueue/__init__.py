@@ -20,8 +20,11 @@ from pgqueue.errors import (
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailable,
+    DeliveryFailed,
     Fatal,
+    IdempotencyConflict,
     JobNotFound,
+    MessageNotFound,
     PayloadTooLarge,
     PgQueueError,
     Retry,
@@ -30,6 +33,10 @@ from pgqueue.errors import (
     ValidationError,
 )
 from pgqueue.job import Job, JobError, JobState
+from pgqueue.once.idempotency import Once
+from pgqueue.once.outbox import Message, Published
+from pgqueue.once.relay import Relay, RelayConfig
+from pgqueue.once.sinks import CallableSink, HttpSink, NotifySink, Sink, verify_webhook
 from pgqueue.retry import Backoff
 from pgqueue.task import BoundTask, Call, Context, Task
 from pgqueue.worker import Worker, WorkerConfig
@@ -41,24 +48,37 @@ __all__ = [
     "Backoff",
     "BoundTask",
     "Call",
+    "CallableSink",
     "ConfigurationError",
     "Context",
     "DatabaseError",
     "DatabaseUnavailable",
+    "DeliveryFailed",
     "Fatal",
+    "HttpSink",
+    "IdempotencyConflict",
     "Job",
     "JobError",
     "JobNotFound",
     "JobState",
+    "Message",
+    "MessageNotFound",
+    "NotifySink",
+    "Once",
     "PayloadTooLarge",
     "PgQueueError",
+    "Published",
     "QueueStats",
+    "Relay",
+    "RelayConfig",
     "Retry",
     "SchemaNotMigrated",
+    "Sink",
     "Task",
     "UnknownTask",
     "ValidationError",
     "Worker",
     "WorkerConfig",
     "WorkerInfo",
+    "verify_webhook",
 ]

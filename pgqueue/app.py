@@ -33,6 +33,7 @@ from pgqueue.job import (
     check_task_name,
     encode_payload,
 )
+from pgqueue.once.api import Effects
 from pgqueue.queries import q
 from pgqueue.retry import Backoff
 from pgqueue.task import Call, Context, EnqueueOptions, P, R, Task
@@ -81,8 +82,8 @@ class WorkerInfo:
     jobs_failed: int
 
 
-class App:
-    """A pgqueue application: its tasks and its database.
+class App(Effects):
+    """A pgqueue application: its tasks and its database (and, from ``Effects``, its outbox and idempotency).
 
     ::
 
@@ -127,15 +128,19 @@ class App:
     @overload
     def task(self, fn: None = None, /, *, name: str | None = None, queue: str = "default", priority: int = 0,
              max_attempts: int = 10, timeout: float | None = None, retry_base: float = 1.0,
-             retry_cap: float = 3600.0, non_retryable: Sequence[type[BaseException]] = ()) -> _TaskDecorator: ...
+             retry_cap: float = 3600.0, non_retryable: Sequence[type[BaseException]] = (),
+             transactional: bool = False) -> _TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, queue: str = "default",
              priority: int = 0, max_attempts: int = 10, timeout: float | None = None, retry_base: float = 1.0,
-             retry_cap: float = 3600.0, non_retryable: Sequence[type[BaseException]] = ()) -> Any:
+             retry_cap: float = 3600.0, non_retryable: Sequence[type[BaseException]] = (),
+             transactional: bool = False) -> Any:
         """Register a handler (``def`` or ``async def``) as a task; usable bare or with options.
 
         A handler whose first parameter is ``ctx: pgqueue.Context`` receives its job's context there.
         ``non_retryable`` exception types send the job to the dead letters at once, like ``pgqueue.Fatal``.
+        ``transactional=True``: the handler runs in a transaction (``ctx.conn``) that commits together with the
+        job's success, so its database writes happen exactly once (see ``pgqueue.once.transactional``).
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -146,6 +151,7 @@ class App:
                 self, f, name=task_name, queue=check_queue(queue), priority=check_priority(priority),
                 max_attempts=check_max_attempts(max_attempts), timeout=timeout,
                 backoff=Backoff(base=retry_base, cap=retry_cap), non_retryable=tuple(non_retryable),
+                transactional=transactional,
             )
             self.tasks[task_name] = task
             return task
@@ -202,6 +208,7 @@ class App:
 
     def close(self) -> None:
         """Close the app's connection pools."""
+        self._close_effects()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -256,12 +263,16 @@ class App:
     def _enqueue(self, task: Task[Any, Any] | None, args: Sequence[Any], kwargs: dict[str, Any],
                  options: EnqueueOptions, conn: psycopg.Connection[Any] | None, name: str | None = None) -> Job:
         params = self._insert_params(task, name or task.name if task else name or "", args, kwargs, options)
+        if options.idempotency_key is not None or options.callback_url is not None:
+            return self._enqueue_once(params, args, kwargs, options, conn)
         rows = self._fetch("job_insert", params, conn)
         return self._inserted(params, args, kwargs, rows[0])
 
     async def _enqueue_async(self, task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any],
                              options: EnqueueOptions, conn: psycopg.AsyncConnection[Any] | None) -> Job:
         params = self._insert_params(task, task.name, args, kwargs, options)
+        if options.idempotency_key is not None or options.callback_url is not None:
+            return await self._enqueue_once_async(params, args, kwargs, options, conn)
         if conn is not None:
             rows = await _run_async(conn, "job_insert", params)
         else:
@@ -281,6 +292,8 @@ class App:
         for p in rows_params:
             if p["delay"] is not None:
                 raise ValidationError("enqueue_many takes run_at, not delay, per job")
+        if any(c.options.idempotency_key or c.options.callback_url for c in calls):
+            raise ValidationError("enqueue_many takes no idempotency_key or callback_url; enqueue those one by one")
         columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "max_attempts")
         params = {col: [p[col] for p in rows_params] for col in columns}
         rows = sorted(self._fetch("job_insert_many", params, conn))
@@ -288,8 +301,8 @@ class App:
 
     def enqueue(self, task: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
                 queue: str | None = None, priority: int | None = None, run_at: datetime | None = None,
-                delay: float | None = None, max_attempts: int | None = None,
-                conn: psycopg.Connection[Any] | None = None) -> Job:
+                delay: float | None = None, max_attempts: int | None = None, idempotency_key: str | None = None,
+                callback_url: str | None = None, conn: psycopg.Connection[Any] | None = None) -> Job:
         """Enqueue by task name, for producers that do not import the handler's code::
 
             app.enqueue("billing.charge", kwargs={"order": 42}, queue="billing")
@@ -298,7 +311,7 @@ class App:
         """
         check_task_name(task)
         registered = self.get_task(task) if self.tasks else None
-        options = EnqueueOptions(queue, priority, run_at, delay, max_attempts)
+        options = EnqueueOptions(queue, priority, run_at, delay, max_attempts, idempotency_key, callback_url)
         return self._enqueue(registered, list(args), dict(kwargs or {}), options, conn, name=task)
 
     # -- reading and managing jobs ---------------------------------------------------------------------------

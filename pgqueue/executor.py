@@ -17,6 +17,7 @@ import functools
 import json
 import traceback
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from pgqueue.errors import Fatal, PgQueueError, Retry, UnknownTask
 from pgqueue.job import to_json
+from pgqueue.once import transactional
+from pgqueue.once.connections import ConnectionSource
 from pgqueue.retry import Backoff
 from pgqueue.task import Context
 
@@ -73,10 +76,16 @@ class Outcome:
 
 @dataclass
 class Execution:
-    """The outcome, and for a sync handler that overran its timeout, the thread's still-running future."""
+    """The outcome, and for a sync handler that overran its timeout, the thread's still-running future.
+
+    ``recorded``: None for the usual path (the caller records the outcome); for a transactional handler that
+    returned, whether its transaction already committed the success (False: fenced off or in doubt, so there
+    is nothing left to record).
+    """
 
     outcome: Outcome
     overrun: asyncio.Future[Any] | None = None
+    recorded: bool | None = None
 
 
 async def _overran(job: ClaimedJob, timeout: float, backoff: Backoff, running: asyncio.Future[Any],
@@ -103,8 +112,14 @@ def _failure(job: ClaimedJob, err: BaseException, backoff: Backoff, *, kind: str
                    traceback=tb)
 
 
-async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Executor) -> Execution:
-    """Run ``job``'s handler once and classify the result. Never raises, except CancelledError."""
+async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Executor, *,
+                  connections: ConnectionSource | None = None, completing: Callable[[], None] | None = None
+                  ) -> Execution:
+    """Run ``job``'s handler once and classify the result. Never raises, except CancelledError.
+
+    ``connections``: where transactional handlers and idempotent blocks get connections (default: the app's);
+    ``completing``: called when a transactional handler starts committing its job's success.
+    """
     task = app.tasks.get(job.task)
     if task is None:
         # Not fatal: during a rolling deploy the next worker to claim it may know the task.
@@ -114,16 +129,20 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         args, kwargs = json.loads(job.args), json.loads(job.kwargs)
     except ValueError as err:
         return Execution(_failure(job, err, task.backoff))
+    fn = task.fn
     if task.takes_context:
         ctx = Context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
                       max_attempts=job.max_attempts, worker_id=worker_id, app=app)
+        ctx._connections = connections
         args = [ctx, *args]
+        if task.transactional:
+            fn = transactional.bind(task, job, worker_id, ctx, connections or app._effects_connections(), completing)
     loop = asyncio.get_running_loop()
     try:
         if task.is_async:
-            running: asyncio.Future[Any] = asyncio.ensure_future(task.fn(*args, **kwargs))
+            running: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
         else:
-            running = loop.run_in_executor(threads, functools.partial(task.fn, *args, **kwargs))
+            running = loop.run_in_executor(threads, functools.partial(fn, *args, **kwargs))
         if task.timeout is None:
             value = await running
         else:
@@ -145,6 +164,8 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         return Execution(_failure(job, err, task.backoff, fatal=isinstance(err, task.non_retryable)))
     except BaseException as err:  # SystemExit or KeyboardInterrupt from a handler: a failed attempt
         return Execution(_failure(job, err, task.backoff))
+    if isinstance(value, transactional.Committed):
+        return Execution(Outcome("succeeded", result=value.result), recorded=value.accepted)
     try:
         result = to_json(value, f"the result of task {job.task}")
     except PgQueueError as err:
