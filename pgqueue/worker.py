@@ -37,7 +37,7 @@ from pgqueue.maintenance import Maintenance, MaintenanceConfig
 from pgqueue.migrate import check_current
 from pgqueue.notifier import Notifier
 from pgqueue.once.connections import HandlerConnections
-from pgqueue.once.relay import Relay
+from pgqueue.once.relay import Relay, RelayConfig
 from pgqueue.queries import q
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class WorkerConfig:
     promote_interval: float = 1.0
     reap_interval: float | None = None
     claim_batch: int = 100
-    relay: bool = False  # also run the outbox relay (one relay delivers at a time, whoever runs them)
+    relay: bool | RelayConfig = False  # also run the outbox relay (one delivers at a time, whoever runs them)
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -146,6 +146,7 @@ class Worker:
         # Set (from the worker's loop) once it claims; lets other threads wait for it, as tests do.
         self.ready = threading.Event()
         self.notifier: Notifier | None = None
+        self.relay: Relay | None = None
 
     # -- control ---------------------------------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class Worker:
         self._threads = _HandlerThreads(cfg.concurrency)
         # Up to two per slot: a transactional handler's own transaction plus one idempotent block inside it.
         self._handler_connections = HandlerConnections(dsn, max_size=2 * cfg.concurrency)
-        self.relay = Relay(self.app) if cfg.relay else None
+        self.relay = Relay(self.app, cfg.relay if isinstance(cfg.relay, RelayConfig) else None) if cfg.relay else None
         await self._register()
         background = [
             asyncio.create_task(self.notifier.run(), name="pgqueue-notifier"),

@@ -145,7 +145,7 @@ class Effects:
                 if once.needed:
                     once.result = payments.refund(order_id, idempotency_key=once.key)
         """
-        return Once(self._effects_connections(), key, ttl=ttl or self.idempotency_ttl, wait=wait)
+        return Once(self._effects_connections(), key, ttl=self.idempotency_ttl if ttl is None else ttl, wait=wait)
 
     def once(self, key: Callable[..., str], *, ttl: timedelta | None = None, wait: bool | float = True
              ) -> Callable[[F], F]:
@@ -157,7 +157,7 @@ class Effects:
 
         The stored result is what JSON round-trips, and it is what every call returns, the first one included.
         """
-        return once_decorator(self._effects_connections, key, ttl or self.idempotency_ttl, wait)
+        return once_decorator(self._effects_connections, key, self.idempotency_ttl if ttl is None else ttl, wait)
 
     # -- managing the outbox ---------------------------------------------------------------------------------
 

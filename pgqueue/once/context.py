@@ -101,4 +101,4 @@ class HandlerEffects:
         after which ``IdempotencyConflict`` is raised (and the job retried later).
         """
         source = self._connections or self.app._effects_connections()
-        return Once(source, key, ttl=ttl or self.app.idempotency_ttl, wait=wait, job_id=self.job_id)
+        return Once(source, key, ttl=self.app.idempotency_ttl if ttl is None else ttl, wait=wait, job_id=self.job_id)

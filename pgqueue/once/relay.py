@@ -197,8 +197,11 @@ class Relay:
         if next_due is not None:
             timeout = max(0.005, min(timeout, next_due))
         woken = asyncio.ensure_future(self._wake.wait())
-        await asyncio.wait({woken, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        woken.cancel()
+        try:
+            await asyncio.wait({woken, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            await asyncio.gather(woken, return_exceptions=True)
 
     def _start(self, work: DedicatedConnection, message: Message) -> None:
         self.stats.claimed += 1

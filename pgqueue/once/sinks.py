@@ -172,6 +172,7 @@ class HttpSink:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read(65536)
         except urllib.error.HTTPError as err:
+            err.close()  # it is the response, and holds the socket
             raise DeliveryFailed(f"{request.full_url} answered HTTP {err.code}") from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
