@@ -287,17 +287,21 @@ ALTER TABLE pgqueue.outbox SET (
     fillfactor = 90
 );
 
--- Wake the relay when messages commit: one notification per statement, folded within a transaction.
+-- Wake the relay when messages commit: one notification per statement that inserted any, folded within a
+-- transaction (the completion-report trigger runs an INSERT per completion batch, mostly of no rows).
 CREATE FUNCTION pgqueue.outbox_notify_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('pgqueue_outbox', '');
+    IF EXISTS (SELECT 1 FROM inserted) THEN
+        PERFORM pg_notify('pgqueue_outbox', '');
+    END IF;
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER outbox_notify_inserted
     AFTER INSERT ON pgqueue.outbox
+    REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.outbox_notify_inserted();
 
 -- Results of idempotent blocks (ctx.idempotent, app.once). A block runs under a transaction-scoped advisory
@@ -348,7 +352,10 @@ BEGIN
                                ORDER BY e.id DESC LIMIT 1)) END,
                'finished_at', f.finished_at),
            c.url
-    FROM finished AS f JOIN pgqueue.job_callbacks AS c ON c.job_id = f.id;
+    FROM finished AS f
+    -- One primary-key probe per finished job, never a scan of job_callbacks: OFFSET 0 keeps the planner from
+    -- turning this into a hash join that reads every callback on every completion batch.
+    CROSS JOIN LATERAL (SELECT cb.url FROM pgqueue.job_callbacks AS cb WHERE cb.job_id = f.id OFFSET 0) AS c;
     RETURN NULL;
 END;
 $$;
