@@ -15,7 +15,7 @@
 Then ``pgqueue migrate`` once and ``pgqueue work mymodule:app`` on as many hosts as you like.
 """
 
-from pgqueue.app import App, QueueStats, WorkerInfo
+from pgqueue.app import App, BatchInfo, QueueSettings, QueueStats, WorkerInfo
 from pgqueue.errors import (
     ConfigurationError,
     DatabaseError,
@@ -37,24 +37,30 @@ from pgqueue.once.idempotency import Once
 from pgqueue.once.outbox import Message, Published
 from pgqueue.once.relay import Relay, RelayConfig
 from pgqueue.once.sinks import CallableSink, HttpSink, NotifySink, Sink, verify_webhook
+from pgqueue.periodic import Schedule
 from pgqueue.retry import Backoff
 from pgqueue.task import BoundTask, Call, Context, Task
 from pgqueue.worker import Worker, WorkerConfig
+from pgqueue.workflow import Batch, Chain, Group, chain, group
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
     "Backoff",
+    "Batch",
+    "BatchInfo",
     "BoundTask",
     "Call",
     "CallableSink",
+    "Chain",
     "ConfigurationError",
     "Context",
     "DatabaseError",
     "DatabaseUnavailable",
     "DeliveryFailed",
     "Fatal",
+    "Group",
     "HttpSink",
     "IdempotencyConflict",
     "Job",
@@ -68,10 +74,12 @@ __all__ = [
     "PayloadTooLarge",
     "PgQueueError",
     "Published",
+    "QueueSettings",
     "QueueStats",
     "Relay",
     "RelayConfig",
     "Retry",
+    "Schedule",
     "SchemaNotMigrated",
     "Sink",
     "Task",
@@ -80,5 +88,7 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "WorkerInfo",
+    "chain",
+    "group",
     "verify_webhook",
 ]

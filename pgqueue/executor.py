@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import traceback
 import uuid
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pgqueue.errors import Fatal, PgQueueError, Retry, UnknownTask
-from pgqueue.job import to_json
+from pgqueue.job import from_json, to_json
 from pgqueue.once import transactional
 from pgqueue.once.connections import ConnectionSource
 from pgqueue.retry import Backoff
@@ -58,7 +57,7 @@ class ClaimedJob:
 class Outcome:
     """What became of one attempt."""
 
-    state: str  # succeeded | retry | dead
+    state: str  # succeeded | retry | dead | cancelled
     result: str | None = None
     delay: float = 0.0
     kind: str = "error"  # error | timeout
@@ -71,7 +70,8 @@ class Outcome:
         params = {"id": job.id, "attempt": job.attempt, "worker_id": worker_id, "kind": self.kind,
                   "error_type": self.error_type, "message": self.message, "traceback": self.traceback,
                   "delay": self.delay}
-        return ("job_retry" if self.state == "retry" else "job_dead"), params
+        names = {"retry": "job_retry", "dead": "job_dead", "cancelled": "job_cancelled"}
+        return names[self.state], params
 
 
 @dataclass
@@ -99,6 +99,11 @@ async def _overran(job: ClaimedJob, timeout: float, backoff: Backoff, running: a
     return Execution(outcome)
 
 
+def context_for(app: App, job: ClaimedJob, worker_id: uuid.UUID) -> Context:
+    return Context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
+                   max_attempts=job.max_attempts, worker_id=worker_id, app=app)
+
+
 def _failure(job: ClaimedJob, err: BaseException, backoff: Backoff, *, kind: str = "error",
              fatal: bool = False, delay: float | None = None) -> Outcome:
     out_of_attempts = job.attempt >= job.max_attempts
@@ -113,12 +118,16 @@ def _failure(job: ClaimedJob, err: BaseException, backoff: Backoff, *, kind: str
 
 
 async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Executor, *,
-                  connections: ConnectionSource | None = None, completing: Callable[[], None] | None = None
-                  ) -> Execution:
+                  ctx: Context | None = None,
+                  started: Callable[[asyncio.Future[Any]], None] | None = None,
+                  connections: ConnectionSource | None = None,
+                  completing: Callable[[], None] | None = None) -> Execution:
     """Run ``job``'s handler once and classify the result. Never raises, except CancelledError.
 
-    ``connections``: where transactional handlers and idempotent blocks get connections (default: the app's);
-    ``completing``: called when a transactional handler starts committing its job's success.
+    ``ctx`` is the context to hand a handler that takes one (made here if not given); ``started`` learns the
+    handler's future, so the caller can cancel an async handler. ``connections``: where transactional handlers
+    and idempotent blocks get connections (default: the app's); ``completing``: called when a transactional
+    handler starts committing its job's success.
     """
     task = app.tasks.get(job.task)
     if task is None:
@@ -126,13 +135,12 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         err = UnknownTask(f"no handler for task {job.task!r} in this worker")
         return Execution(_failure(job, err, DEFAULT_BACKOFF))
     try:
-        args, kwargs = json.loads(job.args), json.loads(job.kwargs)
-    except ValueError as err:
+        args, kwargs = from_json(job.args, "the arguments"), from_json(job.kwargs, "the arguments")
+    except ValueError as err:  # undecodable (ValidationError is one): a failed attempt like any other
         return Execution(_failure(job, err, task.backoff))
     fn = task.fn
     if task.takes_context:
-        ctx = Context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
-                      max_attempts=job.max_attempts, worker_id=worker_id, app=app)
+        ctx = ctx or context_for(app, job, worker_id)
         ctx._connections = connections
         args = [ctx, *args]
         if task.transactional:
@@ -143,6 +151,8 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
             running: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
         else:
             running = loop.run_in_executor(threads, functools.partial(fn, *args, **kwargs))
+        if started is not None:
+            started(running)
         if task.timeout is None:
             value = await running
         else:

@@ -4,7 +4,7 @@ idempotent blocks outside handlers, managing outbox messages, and enqueueing wit
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -17,7 +17,7 @@ from pgqueue.job import Job
 from pgqueue.once import enqueue as enqueue_once
 from pgqueue.once import outbox
 from pgqueue.once.connections import HandlerConnections
-from pgqueue.once.conversation import Conversation, needs_own_transaction, run, run_async
+from pgqueue.once.conversation import AsyncSteps, Conversation, SyncSteps, needs_own_transaction, run, run_async
 from pgqueue.once.idempotency import DEFAULT_TTL, Once, once_decorator
 from pgqueue.once.sinks import HttpSink, SinkLike, Sinks
 
@@ -33,18 +33,19 @@ APP_BLOCK_CONNECTIONS = 10
 _effects_lock = threading.Lock()
 
 
-def _in_transaction(conn: psycopg.Connection[Any], conversation: Conversation[T]) -> T:
+def _in_transaction(conn: psycopg.Connection[Any], conversation: Conversation[T], steps: SyncSteps) -> T:
     if needs_own_transaction(conn):
         with conn.transaction():
-            return run(conn, conversation)
-    return run(conn, conversation)
+            return run(conn, conversation, steps)
+    return run(conn, conversation, steps)
 
 
-async def _in_transaction_async(conn: psycopg.AsyncConnection[Any], conversation: Conversation[T]) -> T:
+async def _in_transaction_async(conn: psycopg.AsyncConnection[Any], conversation: Conversation[T],
+                                steps: AsyncSteps) -> T:
     if needs_own_transaction(conn):
         async with conn.transaction():
-            return await run_async(conn, conversation)
-    return await run_async(conn, conversation)
+            return await run_async(conn, conversation, steps)
+    return await run_async(conn, conversation, steps)
 
 
 class Effects:
@@ -182,30 +183,39 @@ class Effects:
     # -- enqueue with an idempotency key or a callback -------------------------------------------------------
 
     def _enqueue_once(self, params: dict[str, Any], args: Sequence[Any], kwargs: dict[str, Any],
-                      options: EnqueueOptions, conn: psycopg.Connection[Any] | None) -> Job:
+                      options: EnqueueOptions, conn: psycopg.Connection[Any] | None,
+                      insert_one: Callable[[psycopg.Connection[Any], dict[str, Any]], tuple[Any, ...]]) -> Job:
         app = self._as_app()
         conversation = self._enqueue_conversation(params, options)
+        steps = {enqueue_once.INSERT_JOB: lambda c, p: [insert_one(c, p)]}
         if conn is not None:
-            inserted, rows = _in_transaction(conn, conversation)
+            made, rows = _in_transaction(conn, conversation, steps)
         else:
             with app.connection() as pooled:
-                inserted, rows = _in_transaction(pooled, conversation)
-        return app._inserted(params, args, kwargs, rows[0]) if inserted else Job.from_row(rows[0])
+                made, rows = _in_transaction(pooled, conversation, steps)
+        return app._inserted(params, args, kwargs, rows[0]) if made else Job.from_row(rows[0])
 
     async def _enqueue_once_async(self, params: dict[str, Any], args: Sequence[Any], kwargs: dict[str, Any],
-                                  options: EnqueueOptions, conn: psycopg.AsyncConnection[Any] | None) -> Job:
+                                  options: EnqueueOptions, conn: psycopg.AsyncConnection[Any] | None,
+                                  insert_one: Callable[[psycopg.AsyncConnection[Any], dict[str, Any]],
+                                                       Awaitable[tuple[Any, ...]]]) -> Job:
         app = self._as_app()
         conversation = self._enqueue_conversation(params, options)
+
+        async def insert(c: psycopg.AsyncConnection[Any], p: dict[str, Any]) -> list[tuple[Any, ...]]:
+            return [await insert_one(c, p)]
+
+        steps = {enqueue_once.INSERT_JOB: insert}
         if conn is not None:
-            inserted, rows = await _in_transaction_async(conn, conversation)
+            made, rows = await _in_transaction_async(conn, conversation, steps)
         else:
             try:
                 async with (await app._async_pool()).connection() as pooled:
-                    inserted, rows = await _in_transaction_async(pooled, conversation)
+                    made, rows = await _in_transaction_async(pooled, conversation, steps)
             except psycopg_pool.PoolTimeout as err:
                 raise DatabaseUnavailable(f"no connection to PostgreSQL at {describe(app.dsn)} "
                                           "within 10 s") from err
-        return app._inserted(params, args, kwargs, rows[0]) if inserted else Job.from_row(rows[0])
+        return app._inserted(params, args, kwargs, rows[0]) if made else Job.from_row(rows[0])
 
     def _enqueue_conversation(self, params: dict[str, Any], options: EnqueueOptions
                               ) -> Conversation[tuple[bool, list[tuple[Any, ...]]]]:

@@ -15,11 +15,15 @@ sync and async APIs cannot drift apart::
 A psycopg error is thrown into the generator at the step that caused it, so a conversation can turn a class of
 errors into its own (lock timeouts into IdempotencyConflict, say); whatever it does not catch comes out mapped
 to pgqueue's error tree.
+
+A step may also be named after a function the caller supplies (``steps={"core:insert_job": fn}``): ``fn(conn,
+params)`` returns the rows. That is how a conversation includes logic that lives elsewhere, such as the core's
+choice of insert statement, without copying it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, TypeVar
 
 import psycopg
@@ -31,16 +35,21 @@ T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
 Step = tuple[str, dict[str, Any]]
 Conversation = Generator[Step, Rows, T]
+SyncSteps = Mapping[str, Callable[[psycopg.Connection[Any], dict[str, Any]], Rows]]
+AsyncSteps = Mapping[str, Callable[[psycopg.AsyncConnection[Any], dict[str, Any]], Awaitable[Rows]]]
 
 
-def run(conn: psycopg.Connection[Any], conversation: Conversation[T]) -> T:
+def run(conn: psycopg.Connection[Any], conversation: Conversation[T], steps: SyncSteps | None = None) -> T:
     """Run ``conversation`` on a sync connection (in whatever transaction the connection is in)."""
     try:
         step = next(conversation)
         while True:
             try:
-                cur = conn.execute(q(step[0]), step[1])
-                rows: Rows = cur.fetchall() if cur.description else []
+                if steps is not None and step[0] in steps:
+                    rows: Rows = steps[step[0]](conn, step[1])
+                else:
+                    cur = conn.execute(q(step[0]), step[1])
+                    rows = cur.fetchall() if cur.description else []
             except psycopg.Error as err:
                 step = conversation.throw(err)
             else:
@@ -54,14 +63,18 @@ def run(conn: psycopg.Connection[Any], conversation: Conversation[T]) -> T:
         raise from_psycopg(err) from err
 
 
-async def run_async(conn: psycopg.AsyncConnection[Any], conversation: Conversation[T]) -> T:
+async def run_async(conn: psycopg.AsyncConnection[Any], conversation: Conversation[T],
+                    steps: AsyncSteps | None = None) -> T:
     """Run ``conversation`` on an async connection (in whatever transaction the connection is in)."""
     try:
         step = next(conversation)
         while True:
             try:
-                cur = await conn.execute(q(step[0]), step[1])
-                rows: Rows = await cur.fetchall() if cur.description else []
+                if steps is not None and step[0] in steps:
+                    rows: Rows = await steps[step[0]](conn, step[1])
+                else:
+                    cur = await conn.execute(q(step[0]), step[1])
+                    rows = await cur.fetchall() if cur.description else []
             except psycopg.Error as err:
                 step = conversation.throw(err)
             else:

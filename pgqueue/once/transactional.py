@@ -12,6 +12,7 @@ this one job: id, attempt, worker, running), and the transaction commits:
 - the handler raised: roll back, then the failure is recorded as for any handler (retry or dead);
 - the process died (SIGKILL, OOM, power) before the commit: PostgreSQL rolls back when the connection drops and
   the lease reaper runs the job again; after the commit there is nothing left to run;
+- cancellation was requested while it ran (``ctx.cancelled``): roll back; the job ends cancelled;
 - the connection broke during the commit itself: the outcome is unknown to the worker, so it records nothing.
   If the commit happened the job is done; if not, its lease runs out and it runs again. Either way once.
 """
@@ -50,6 +51,11 @@ class _Fenced(Exception):
     """The completion matched nothing: raised inside the transaction so that it rolls back."""
 
 
+class CancelRequested(Exception):
+    """The job's cancellation was requested while its handler ran: its transaction is rolled back and the worker
+    records the job as cancelled (a handler that returns early on ``ctx.cancelled`` must not commit)."""
+
+
 def complete(job: ClaimedJob, worker_id: uuid.UUID, result: str) -> Conversation[bool]:
     """The fenced completion of one job, in the caller's transaction."""
     rows = yield "job_complete_many", {"ids": [job.id], "attempts": [job.attempt], "results": [result],
@@ -82,6 +88,8 @@ class _Attempt:
 
     def returned(self, value: Any) -> Conversation[bool]:
         """After the handler returned: serialise its result, say we are committing, run the completion."""
+        if self.ctx.cancelled:
+            raise CancelRequested(f"job {self.job.id} was cancelled while it ran; its writes were rolled back")
         self.result = _storable(self.task, value)
         self.committing = True
         if self._completing is not None:
