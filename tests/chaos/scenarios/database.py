@@ -24,7 +24,8 @@ from tests.chaos.probes import LockWatch, db_now, scalar, wait_until
 from tests.chaos.scenarios.workers import all_finished, errors_of, finished_states, lease_args
 from tests.conftest import ROOT
 
-LISTENERS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN pgqueue_jobs%'"
+LISTENERS = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+             "AND query LIKE 'LISTEN pgqueue_jobs%'")
 
 
 def listeners(dsn: str) -> int:
