@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from typing import Any
@@ -14,7 +15,7 @@ from pgqueue.executor import ClaimedJob, execute
 from pgqueue.queries import q
 from pgqueue.testing import running_worker
 from tests.conftest import wait_for
-from tests.once.conftest import effects
+from tests.once.conftest import Receiver, effects
 
 FAST = {"poll_interval": 0.5, "promote_interval": 0.05}
 INSERT = "INSERT INTO public.once_effects (job_id, n, attempt) VALUES (%s, %s, %s)"
@@ -189,7 +190,6 @@ def test_run_jobs_runs_transactional_handlers_inside_the_test_transaction(app: A
 
 def test_execute_reports_a_fenced_commit_without_recording_anything(app: App, db: psycopg.Connection[Any]) -> None:
     """At the seam: a transactional execution whose fence fails says so (recorded=False) and writes nothing."""
-    import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
     @app.task(transactional=True)
@@ -212,3 +212,31 @@ def test_execute_reports_a_fenced_commit_without_recording_anything(app: App, db
         execution = asyncio.run(execute(app, claimed, me, threads))
     assert execution.recorded is True and effects(db) == [(job.id, 1)]
     assert app.job(job.id).state is JobState.SUCCEEDED and app.job(job.id).result == "x"
+
+
+def test_a_cancelled_transactional_handler_rolls_back_and_ends_cancelled(app: App, db: psycopg.Connection[Any],
+                                                                        receiver: Receiver) -> None:
+    """Cancelling a running job: a transactional handler that returns on ctx.cancelled commits nothing, an async
+    one is interrupted; both end cancelled, and their completion webhooks say so."""
+    entered = threading.Event()
+
+    @app.task(transactional=True)
+    def polite(ctx: Context) -> str:
+        ctx.conn.execute(INSERT, (ctx.job_id, 1, ctx.attempt))
+        entered.set()
+        wait_for(lambda: ctx.cancelled, timeout=10)
+        return "stopped early"
+
+    @app.task(transactional=True)
+    async def interrupted(ctx: Context) -> None:
+        await ctx.aconn.execute(INSERT, (ctx.job_id, 2, ctx.attempt))
+        await ctx.publish_async("never", {})
+        await asyncio.sleep(30)
+
+    url = f"{receiver.url}/done"
+    jobs = [polite.using(callback_url=url).enqueue(), interrupted.using(callback_url=url).enqueue()]
+    with running_worker(app, **FAST):
+        wait_for(lambda: entered.is_set() and all(app.job(j.id).state is JobState.RUNNING for j in jobs))
+        assert all(app.cancel(j.id) for j in jobs)
+        wait_for(lambda: all(app.job(j.id).state is JobState.CANCELLED for j in jobs))
+    assert effects(db) == [] and [m.topic for m in app.outbox_messages()] == ["pgqueue.job.cancelled"] * 2
