@@ -20,8 +20,11 @@ from pgqueue.errors import (
     ConfigurationError,
     DatabaseError,
     DatabaseUnavailable,
+    DeliveryFailed,
     Fatal,
+    IdempotencyConflict,
     JobNotFound,
+    MessageNotFound,
     PayloadTooLarge,
     PgQueueError,
     Retry,
@@ -30,6 +33,10 @@ from pgqueue.errors import (
     ValidationError,
 )
 from pgqueue.job import Job, JobError, JobState
+from pgqueue.once.idempotency import Once
+from pgqueue.once.outbox import Message, Published
+from pgqueue.once.relay import Relay, RelayConfig
+from pgqueue.once.sinks import CallableSink, HttpSink, NotifySink, Sink, verify_webhook
 from pgqueue.periodic import Schedule
 from pgqueue.retry import Backoff
 from pgqueue.task import BoundTask, Call, Context, Task
@@ -45,24 +52,36 @@ __all__ = [
     "BatchInfo",
     "BoundTask",
     "Call",
+    "CallableSink",
     "Chain",
     "ConfigurationError",
     "Context",
     "DatabaseError",
     "DatabaseUnavailable",
+    "DeliveryFailed",
     "Fatal",
     "Group",
+    "HttpSink",
+    "IdempotencyConflict",
     "Job",
     "JobError",
     "JobNotFound",
     "JobState",
+    "Message",
+    "MessageNotFound",
+    "NotifySink",
+    "Once",
     "PayloadTooLarge",
     "PgQueueError",
+    "Published",
     "QueueSettings",
     "QueueStats",
+    "Relay",
+    "RelayConfig",
     "Retry",
     "Schedule",
     "SchemaNotMigrated",
+    "Sink",
     "Task",
     "UnknownTask",
     "ValidationError",
@@ -71,4 +90,5 @@ __all__ = [
     "WorkerInfo",
     "chain",
     "group",
+    "verify_webhook",
 ]

@@ -34,6 +34,7 @@ from pgqueue.job import (
     encode_payload,
     from_json,
 )
+from pgqueue.once.api import Effects
 from pgqueue.periodic import Schedule, ScheduleRow, check_cron, check_timezone
 from pgqueue.queries import q
 from pgqueue.retry import Backoff
@@ -126,8 +127,8 @@ class WorkerInfo:
     jobs_failed: int
 
 
-class App:
-    """A pgqueue application: its tasks and its database.
+class App(Effects):
+    """A pgqueue application: its tasks and its database (and, from ``Effects``, its outbox and idempotency).
 
     ::
 
@@ -173,15 +174,19 @@ class App:
     @overload
     def task(self, fn: None = None, /, *, name: str | None = None, queue: str = "default", priority: int = 0,
              max_attempts: int = 10, timeout: float | None = None, retry_base: float = 1.0,
-             retry_cap: float = 3600.0, non_retryable: Sequence[type[BaseException]] = ()) -> _TaskDecorator: ...
+             retry_cap: float = 3600.0, non_retryable: Sequence[type[BaseException]] = (),
+             transactional: bool = False) -> _TaskDecorator: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, queue: str = "default",
              priority: int = 0, max_attempts: int = 10, timeout: float | None = None, retry_base: float = 1.0,
-             retry_cap: float = 3600.0, non_retryable: Sequence[type[BaseException]] = ()) -> Any:
+             retry_cap: float = 3600.0, non_retryable: Sequence[type[BaseException]] = (),
+             transactional: bool = False) -> Any:
         """Register a handler (``def`` or ``async def``) as a task; usable bare or with options.
 
         A handler whose first parameter is ``ctx: pgqueue.Context`` receives its job's context there.
         ``non_retryable`` exception types send the job to the dead letters at once, like ``pgqueue.Fatal``.
+        ``transactional=True``: the handler runs in a transaction (``ctx.conn``) that commits together with the
+        job's success, so its database writes happen exactly once (see ``pgqueue.once.transactional``).
         """
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -192,6 +197,7 @@ class App:
                 self, f, name=task_name, queue=check_queue(queue), priority=check_priority(priority),
                 max_attempts=check_max_attempts(max_attempts), timeout=timeout,
                 backoff=Backoff(base=retry_base, cap=retry_cap), non_retryable=tuple(non_retryable),
+                transactional=transactional,
             )
             self.tasks[task_name] = task
             return task
@@ -299,6 +305,7 @@ class App:
 
     def close(self) -> None:
         """Close the app's connection pools."""
+        self._close_effects()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -359,6 +366,8 @@ class App:
     def _enqueue(self, task: Task[Any, Any] | None, args: Sequence[Any], kwargs: dict[str, Any],
                  options: EnqueueOptions, conn: psycopg.Connection[Any] | None, name: str | None = None) -> Job:
         params = self._insert_params(task, name or task.name if task else name or "", args, kwargs, options)
+        if options.idempotency_key is not None or options.callback_url is not None:
+            return self._enqueue_once(params, args, kwargs, options, conn, _insert_one)
         if conn is not None:
             row = _insert_one(conn, params)
         else:
@@ -371,6 +380,8 @@ class App:
     async def _enqueue_async(self, task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any],
                              options: EnqueueOptions, conn: psycopg.AsyncConnection[Any] | None) -> Job:
         params = self._insert_params(task, task.name, args, kwargs, options)
+        if options.idempotency_key is not None or options.callback_url is not None:
+            return await self._enqueue_once_async(params, args, kwargs, options, conn, _insert_one_async)
         if conn is not None:
             row = await _insert_one_async(conn, params)
         else:
@@ -392,6 +403,8 @@ class App:
                 raise ValidationError("enqueue_many takes run_at, not delay, per job")
             if p["unique_key"] is not None or p["depends_on"] is not None:
                 raise ValidationError("unique_key and depends_on need enqueue (one job each), not enqueue_many")
+        if any(c.options.idempotency_key or c.options.callback_url for c in calls):
+            raise ValidationError("enqueue_many takes no idempotency_key or callback_url; enqueue those one by one")
         columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "max_attempts", "group_key", "batch_id")
         params = {col: [p[col] for p in rows_params] for col in columns}
         rows = sorted(self._fetch("job_insert_many", params, conn))
@@ -402,6 +415,7 @@ class App:
                 delay: float | None = None, max_attempts: int | None = None, group: str | None = None,
                 unique_key: str | None = None, unique_for: float | None = None,
                 depends_on: Sequence[Any] | None = None, on_parent_failure: str = "cancel",
+                idempotency_key: str | None = None, callback_url: str | None = None,
                 conn: psycopg.Connection[Any] | None = None) -> Job:
         """Enqueue by task name, for producers that do not import the handler's code::
 
@@ -412,7 +426,8 @@ class App:
         check_task_name(task)
         registered = self.get_task(task) if self.tasks else None
         options = EnqueueOptions(queue, priority, run_at, delay, max_attempts, group, unique_key, unique_for,
-                                 depends_on, on_parent_failure)
+                                 depends_on, on_parent_failure, idempotency_key=idempotency_key,
+                                 callback_url=callback_url)
         return self._enqueue(registered, list(args), dict(kwargs or {}), options, conn, name=task)
 
     # -- reading and managing jobs ---------------------------------------------------------------------------

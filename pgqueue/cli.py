@@ -25,6 +25,7 @@ from pgqueue import embedded
 from pgqueue.app import App
 from pgqueue.errors import ConfigurationError, DatabaseError, PgQueueError, ValidationError
 from pgqueue.job import JobState, from_json
+from pgqueue.once import cli as once_cli
 from pgqueue.roles import roles_command
 from pgqueue.worker import Worker, WorkerConfig
 
@@ -45,6 +46,8 @@ cli.add_typer(queue_cli, name="queue")
 cli.add_typer(cron_cli, name="cron")
 cli.add_typer(batch_cli, name="batch")
 cli.command("roles")(roles_command)
+cli.add_typer(once_cli.outbox_cli, name="outbox")
+cli.command("relay")(once_cli.relay)
 
 _state: dict[str, Any] = {"dsn": None}
 
@@ -154,6 +157,7 @@ def work(
     drain_timeout: Annotated[float, typer.Option(help="Seconds to let running jobs finish on SIGTERM.")] = 30.0,
     promote_interval: Annotated[float, typer.Option(help="Max seconds between moves of due delayed jobs.")] = 1.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    relay: Annotated[bool, typer.Option("--relay", help="Also deliver the outbox (see `pgqueue relay`).")] = False,
 ) -> None:
     """Run a worker process: claim jobs, run them, until SIGTERM/SIGINT (twice to force)."""
     level = getattr(logging, log_level.upper(), None)
@@ -163,7 +167,7 @@ def work(
     app = load_app(app_path)
     config = WorkerConfig(queues=queue, concurrency=concurrency, lease=lease, heartbeat=heartbeat,
                           poll_interval=poll_interval, drain_timeout=drain_timeout,
-                          promote_interval=promote_interval)
+                          promote_interval=promote_interval, relay=relay)
     worker = Worker(app, config)
 
     async def main() -> None:

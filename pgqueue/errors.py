@@ -8,6 +8,9 @@
     │   └── PayloadTooLarge
     ├── UnknownTask               a task name no registered handler answers to
     ├── JobNotFound
+    ├── MessageNotFound           no outbox message has this id
+    ├── IdempotencyConflict       a duplicate of an idempotent block holds its key (wait=False, or the wait ran out)
+    ├── DeliveryFailed            a sink did not take an outbox message (the relay retries it, then marks it dead)
     ├── DatabaseError             PostgreSQL said no
     │   ├── DatabaseUnavailable   cannot connect, or the connection dropped
     │   └── SchemaNotMigrated     the pgqueue schema is missing or older than this code
@@ -46,6 +49,25 @@ class UnknownTask(PgQueueError, LookupError):
 
 class JobNotFound(PgQueueError, LookupError):
     """No job has this id."""
+
+
+class MessageNotFound(PgQueueError, LookupError):
+    """No outbox message has this id."""
+
+
+class IdempotencyConflict(PgQueueError):
+    """Another run of an idempotent block with the same key is in progress, and this one would not wait.
+
+    Raised from ``ctx.idempotent(key, wait=False)`` (or when a ``wait=`` of seconds runs out). In a handler it
+    fails the attempt like any error, so the job is retried later, when the other run has stored its result.
+    """
+
+
+class DeliveryFailed(PgQueueError):
+    """A sink did not take an outbox message: an HTTP status other than 2xx, no sink for the topic, ...
+
+    Sinks may raise it (or anything else); the relay records the message and tries again after a backoff.
+    """
 
 
 class DatabaseError(PgQueueError):

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from pgqueue.errors import Fatal, PgQueueError, Retry, UnknownTask
 from pgqueue.job import from_json, to_json
+from pgqueue.once import transactional
+from pgqueue.once.connections import ConnectionSource
 from pgqueue.retry import Backoff
 from pgqueue.task import Context
 
@@ -74,10 +76,16 @@ class Outcome:
 
 @dataclass
 class Execution:
-    """The outcome, and for a sync handler that overran its timeout, the thread's still-running future."""
+    """The outcome, and for a sync handler that overran its timeout, the thread's still-running future.
+
+    ``recorded``: None for the usual path (the caller records the outcome); for a transactional handler that
+    returned, whether its transaction already committed the success (False: fenced off or in doubt, so there
+    is nothing left to record).
+    """
 
     outcome: Outcome
     overrun: asyncio.Future[Any] | None = None
+    recorded: bool | None = None
 
 
 async def _overran(job: ClaimedJob, timeout: float, backoff: Backoff, running: asyncio.Future[Any],
@@ -111,11 +119,15 @@ def _failure(job: ClaimedJob, err: BaseException, backoff: Backoff, *, kind: str
 
 async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Executor, *,
                   ctx: Context | None = None,
-                  started: Callable[[asyncio.Future[Any]], None] | None = None) -> Execution:
+                  started: Callable[[asyncio.Future[Any]], None] | None = None,
+                  connections: ConnectionSource | None = None,
+                  completing: Callable[[], None] | None = None) -> Execution:
     """Run ``job``'s handler once and classify the result. Never raises, except CancelledError.
 
     ``ctx`` is the context to hand a handler that takes one (made here if not given); ``started`` learns the
-    handler's future, so the caller can cancel an async handler.
+    handler's future, so the caller can cancel an async handler. ``connections``: where transactional handlers
+    and idempotent blocks get connections (default: the app's); ``completing``: called when a transactional
+    handler starts committing its job's success.
     """
     task = app.tasks.get(job.task)
     if task is None:
@@ -126,15 +138,19 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         args, kwargs = from_json(job.args, "the arguments"), from_json(job.kwargs, "the arguments")
     except ValueError as err:  # undecodable (ValidationError is one): a failed attempt like any other
         return Execution(_failure(job, err, task.backoff))
+    fn = task.fn
     if task.takes_context:
         ctx = ctx or context_for(app, job, worker_id)
+        ctx._connections = connections
         args = [ctx, *args]
+        if task.transactional:
+            fn = transactional.bind(task, job, worker_id, ctx, connections or app._effects_connections(), completing)
     loop = asyncio.get_running_loop()
     try:
         if task.is_async:
-            running: asyncio.Future[Any] = asyncio.ensure_future(task.fn(*args, **kwargs))
+            running: asyncio.Future[Any] = asyncio.ensure_future(fn(*args, **kwargs))
         else:
-            running = loop.run_in_executor(threads, functools.partial(task.fn, *args, **kwargs))
+            running = loop.run_in_executor(threads, functools.partial(fn, *args, **kwargs))
         if started is not None:
             started(running)
         if task.timeout is None:
@@ -158,6 +174,8 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         return Execution(_failure(job, err, task.backoff, fatal=isinstance(err, task.non_retryable)))
     except BaseException as err:  # SystemExit or KeyboardInterrupt from a handler: a failed attempt
         return Execution(_failure(job, err, task.backoff))
+    if isinstance(value, transactional.Committed):
+        return Execution(Outcome("succeeded", result=value.result), recorded=value.accepted)
     try:
         result = to_json(value, f"the result of task {job.task}")
     except PgQueueError as err:

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from pgqueue.errors import ValidationError
+from pgqueue.errors import ConfigurationError, ValidationError
 from pgqueue.job import Job
+from pgqueue.once.context import HandlerEffects
+from pgqueue.once.outbox import check_key, check_url
 from pgqueue.retry import Backoff
 
 if TYPE_CHECKING:
@@ -22,11 +24,11 @@ R = TypeVar("R")
 
 # Per-enqueue options accepted as keywords by Task.enqueue when the handler has no parameter of that name.
 OPTION_NAMES = frozenset({"conn", "queue", "priority", "run_at", "delay", "max_attempts", "group", "unique_key",
-                          "unique_for", "depends_on", "on_parent_failure"})
+                          "unique_for", "depends_on", "on_parent_failure", "idempotency_key", "callback_url"})
 
 
 @dataclass
-class Context:
+class Context(HandlerEffects):
     """What a handler that asks for it (first parameter ``ctx: Context``) learns about its job::
 
         @app.task()
@@ -36,6 +38,9 @@ class Context:
                     return
                 ...
                 ctx.progress((i + 1) / len(image_ids), f"resized {i + 1}/{len(image_ids)}")
+
+    Transactional tasks also get ``ctx.conn`` (``ctx.aconn``) and ``ctx.publish``; every task gets
+    ``ctx.idempotent`` (see ``pgqueue.once.context``).
     """
 
     job_id: int
@@ -88,8 +93,14 @@ class EnqueueOptions:
     depends_on: Sequence[Any] | None = None
     on_parent_failure: str = "cancel"
     batch_id: int | None = None
+    idempotency_key: str | None = None  # one job per key, every caller gets its id (see pgqueue.once.enqueue)
+    callback_url: str | None = None  # the job's outcome is POSTed here through the outbox
 
     def __post_init__(self) -> None:
+        if self.idempotency_key is not None:
+            check_key(self.idempotency_key, "idempotency_key")
+        if self.callback_url is not None:
+            check_url(self.callback_url, "callback_url")
         if self.run_at is not None and self.delay is not None:
             raise ValidationError("give run_at or delay, not both")
         if self.run_at is not None and (not isinstance(self.run_at, datetime) or self.run_at.tzinfo is None):
@@ -155,7 +166,7 @@ class Task(Generic[P, R]):
 
     def __init__(self, app: App, fn: Callable[..., Any], *, name: str, queue: str, priority: int,
                  max_attempts: int, timeout: float | None, backoff: Backoff,
-                 non_retryable: tuple[type[BaseException], ...]) -> None:
+                 non_retryable: tuple[type[BaseException], ...], transactional: bool = False) -> None:
         if timeout is not None and not timeout > 0:
             raise ValidationError(f"task {name}: timeout must be a positive number of seconds, got {timeout}")
         self.app = app
@@ -169,6 +180,10 @@ class Task(Generic[P, R]):
         self.non_retryable = non_retryable
         self.takes_context = _takes_context(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.transactional = transactional
+        if transactional and not self.takes_context:
+            raise ConfigurationError(f"task {name} is transactional, so its first parameter must be "
+                                     "ctx: pgqueue.Context (its transaction is ctx.conn)")
         signature = inspect.signature(fn)
         if self.takes_context:
             params = list(signature.parameters.values())[1:]
@@ -194,9 +209,10 @@ class Task(Generic[P, R]):
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Enqueue one job; returns it (queued, or scheduled if delayed).
 
-        Options ``queue``, ``priority``, ``run_at``, ``delay``, ``max_attempts`` and ``conn`` (a psycopg
-        connection: the job then exists only if that transaction commits) are taken from the keywords when
-        the handler has no parameter of that name; ``using(...)`` passes them with full typing.
+        Options ``queue``, ``priority``, ``run_at``, ``delay``, ``max_attempts``, ``idempotency_key``,
+        ``callback_url`` and ``conn`` (a psycopg connection: the job then exists only if that transaction
+        commits) are taken from the keywords when the handler has no parameter of that name; ``using(...)``
+        passes them with full typing.
         """
         rest, options, conn = self._split(dict(kwargs))
         return self.app._enqueue(self, args, rest, options, conn)
@@ -216,10 +232,12 @@ class Task(Generic[P, R]):
     def using(self, *, conn: Any = None, queue: str | None = None, priority: int | None = None,
               run_at: datetime | None = None, delay: float | None = None, max_attempts: int | None = None,
               group: str | None = None, unique_key: str | None = None, unique_for: float | None = None,
-              depends_on: Sequence[Any] | None = None, on_parent_failure: str = "cancel") -> BoundTask[P, R]:
+              depends_on: Sequence[Any] | None = None, on_parent_failure: str = "cancel",
+              idempotency_key: str | None = None, callback_url: str | None = None) -> BoundTask[P, R]:
         """The same task with per-job options, fully typed: ``task.using(delay=5).enqueue(...)``."""
         options = EnqueueOptions(queue, priority, run_at, delay, max_attempts, group, unique_key, unique_for,
-                                 depends_on, on_parent_failure)
+                                 depends_on, on_parent_failure, idempotency_key=idempotency_key,
+                                 callback_url=callback_url)
         return BoundTask(self, options, conn)
 
     def enqueue_many(self, calls: Iterable[Call | Mapping[str, Any] | Sequence[Any]], *, conn: Any = None

@@ -32,6 +32,7 @@ from pgqueue.app import App
 from pgqueue.errors import ValidationError
 from pgqueue.executor import ClaimedJob, execute
 from pgqueue.job import Job, JobState
+from pgqueue.once.connections import GivenConnection
 from pgqueue.task import Task
 from pgqueue.worker import Worker, WorkerConfig
 
@@ -70,7 +71,8 @@ def run_jobs(app: App, *, queue: str | None = None, conn: psycopg.Connection[Any
     """Run queued jobs inline, one at a time, until none is left (or ``limit``); returns them as they ended.
 
     Scheduled jobs (delayed, or waiting out a retry) are left alone: a failing job is run once, and its retry
-    stays scheduled. Handlers' own database writes go through their own connections, not ``conn``.
+    stays scheduled. Handlers' own database writes go through their own connections, not ``conn``; the
+    exception is transactional ``def`` handlers, whose ``ctx.conn`` is ``conn`` itself (a savepoint in it).
     """
     if limit < 1:
         raise ValidationError("limit must be at least 1")
@@ -84,9 +86,12 @@ def run_jobs(app: App, *, queue: str | None = None, conn: psycopg.Connection[Any
             if not rows:
                 break
             job = ClaimedJob(*rows[0])
-            execution = asyncio.run(execute(app, job, INLINE_WORKER, threads))
+            source = GivenConnection(conn) if conn is not None else None
+            execution = asyncio.run(execute(app, job, INLINE_WORKER, threads, connections=source))
             outcome = execution.outcome
-            if outcome.state == "succeeded":
+            if execution.recorded is not None:
+                pass  # a transactional handler's transaction recorded it already
+            elif outcome.state == "succeeded":
                 app._fetch("job_complete_many", {"ids": [job.id], "attempts": [job.attempt],
                                                  "results": [outcome.result], "worker_id": INLINE_WORKER}, conn)
             else:

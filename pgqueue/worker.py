@@ -7,7 +7,9 @@ pool; ``concurrency`` bounds both together. Connections, each with one job so no
 - complete: the completer's batched acknowledgements and failure records;
 - heartbeat: lease renewal and the worker's row, so heartbeats go out whatever else is busy;
 - maintenance: promotion of due jobs, the lease reaper, pruning;
-- listen: LISTEN for enqueues (see ``notifier``).
+- listen: LISTEN for enqueues (see ``notifier``);
+- handlers: a pool opened on first use, for transactional handlers and idempotent blocks (``pgqueue.once``);
+- relay (``relay=True``): the outbox relay, leader-elected among relays (``pgqueue.once.relay``).
 
 Shutdown (SIGTERM or SIGINT, or ``stop()``): stop claiming, let running jobs finish for up to
 ``drain_timeout`` seconds, then hand every unfinished job back to the queue at once (not after a lease
@@ -34,6 +36,8 @@ from pgqueue.job import check_queue
 from pgqueue.maintenance import Maintenance, MaintenanceConfig
 from pgqueue.migrate import check_current
 from pgqueue.notifier import CONTROL_CHANNEL, Notifier
+from pgqueue.once.connections import HandlerConnections
+from pgqueue.once.relay import Relay, RelayConfig
 from pgqueue.queries import q
 from pgqueue.task import Context
 
@@ -65,6 +69,7 @@ class WorkerConfig:
     promote_interval: float = 1.0
     reap_interval: float | None = None
     claim_batch: int = 100
+    relay: bool | RelayConfig = False  # also run the outbox relay (one delivers at a time, whoever runs them)
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -156,6 +161,7 @@ class Worker:
         # Set (from the worker's loop) once it claims; lets other threads wait for it, as tests do.
         self.ready = threading.Event()
         self.notifier: Notifier | None = None
+        self.relay: Relay | None = None
 
     # -- control ---------------------------------------------------------------------------------------------
 
@@ -198,6 +204,9 @@ class Worker:
         ))
         self.notifier = Notifier(dsn, self._on_notify)
         self._threads = _HandlerThreads(cfg.concurrency)
+        # Up to two per slot: a transactional handler's own transaction plus one idempotent block inside it.
+        self._handler_connections = HandlerConnections(dsn, max_size=2 * cfg.concurrency)
+        self.relay = Relay(self.app, cfg.relay if isinstance(cfg.relay, RelayConfig) else None) if cfg.relay else None
         await self._register()
         await asyncio.to_thread(self.app.sync_schedules)
         background = [
@@ -206,6 +215,8 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
             asyncio.create_task(self.maintenance.run(self._stopping), name="pgqueue-maintenance"),
         ]
+        if self.relay is not None:
+            background.append(asyncio.create_task(self.relay.run(self._stopping), name="pgqueue-relay"))
         log.info("worker %s started: queues=%s concurrency=%d lease=%ss", self.id,
                  ",".join(cfg.queues) if cfg.queues else "*", cfg.concurrency, cfg.lease)
         self.started.set()
@@ -256,8 +267,8 @@ class Worker:
         if record.ctx is not None:
             record.ctx._cancel.set()
         task = self.app.tasks.get(record.job.task)
-        if record.handler is not None and task is not None and task.is_async:
-            record.handler.cancel()
+        if record.handler is not None and task is not None and task.is_async and not record.acking:
+            record.handler.cancel()  # not once committing: a transactional handler's commit must not be cut
 
     async def _produce(self) -> None:
         cfg = self.config
@@ -343,7 +354,8 @@ class Worker:
         try:
             try:
                 execution = await execute(self.app, job, self.id, self._threads, ctx=record.ctx,
-                                          started=record.started)
+                                          started=record.started, connections=self._handler_connections,
+                                          completing=lambda: setattr(record, "acking", True))
             except asyncio.CancelledError:
                 if not record.cancel_requested or record.lost or record.released:
                     raise
@@ -351,10 +363,13 @@ class Worker:
             if record.lost or record.released:
                 return  # the database has already moved on; what we would write would be fenced off anyway
             outcome = execution.outcome
-            if record.cancel_requested and outcome.state != "cancelled":
-                outcome = Outcome("cancelled", result=outcome.result)
-            record.acking = True
-            accepted = await self._completer.submit(job, outcome)
+            if execution.recorded is not None:
+                accepted = execution.recorded  # a transactional handler committed (or not) with its outcome
+            else:
+                if record.cancel_requested and outcome.state != "cancelled":
+                    outcome = Outcome("cancelled", result=outcome.result)
+                record.acking = True
+                accepted = await self._completer.submit(job, outcome)
             if not accepted:
                 self.stats.fenced += 1
                 log.warning("job %s attempt %s: outcome refused, the job was taken over (lease lost)",
@@ -486,6 +501,7 @@ class Worker:
             log.warning("could not deregister: %s", err)
         for conn in [self._claim_conn, self._heartbeat_conn, *conns]:
             await conn.close()
+        await self._handler_connections.aclose()
         # Threads of sync handlers that ignored their timeout cannot be stopped; do not wait for them.
         self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped: %d done, %d failed", self.id, self.stats.done, self.stats.failed)

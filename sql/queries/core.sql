@@ -444,8 +444,10 @@ SELECT state, count(*) FROM pgqueue.finished_jobs WHERE id = ANY(%(ids)s::bigint
 
 -- name: maintenance_try_lock
 -- Maintenance sweeps run in every worker; a transaction-scoped advisory lock lets one do each sweep at a time
--- while the others skip it. No leader to elect, nothing to fail over.
-SELECT pg_try_advisory_xact_lock(%(key)s::bigint);
+-- while the others skip it. No leader to elect, nothing to fail over. A worker stopped inside a sweep (SIGSTOP,
+-- a paused VM, a GC or swap stall) would hold the lock, and stop that sweep everywhere, until it resumed: the
+-- transaction-local idle timeout has the server end such a transaction, which frees the lock.
+SELECT pg_try_advisory_xact_lock(%(key)s::bigint), set_config('idle_in_transaction_session_timeout', '5s', true);
 
 -- name: notify_listen
 LISTEN pgqueue_jobs; LISTEN pgqueue_control;

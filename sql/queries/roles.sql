@@ -47,6 +47,10 @@ GRANT SELECT, UPDATE ON pgqueue.queues TO {worker};
 GRANT SELECT, INSERT, UPDATE ON pgqueue.job_groups, pgqueue.batches, pgqueue.schedules TO {worker};
 GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.job_dependencies TO {worker};
 GRANT SELECT, INSERT, DELETE ON pgqueue.rate_starts, pgqueue.schedule_ticks TO {worker};
+-- Effectively once: completions write outbox reports (and read job callbacks); the relay claims, marks and
+-- prunes messages; idempotent blocks and keyed enqueues keep their keys.
+GRANT SELECT, INSERT, UPDATE, DELETE ON pgqueue.outbox, pgqueue.job_callbacks, pgqueue.idempotency_keys,
+    pgqueue.enqueue_keys TO {worker};
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA pgqueue TO {worker};
 GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA pgqueue TO {admin};
 GRANT ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA pgqueue TO {admin};
