@@ -25,6 +25,7 @@ from pgqueue import embedded
 from pgqueue.app import App
 from pgqueue.errors import ConfigurationError, DatabaseError, PgQueueError, ValidationError
 from pgqueue.job import JobState
+from pgqueue.web import cli as web_cli
 from pgqueue.worker import Worker, WorkerConfig
 
 cli = typer.Typer(
@@ -37,6 +38,8 @@ embedded_cli = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL u
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(dlq_cli, name="dlq")
 cli.add_typer(embedded_cli, name="embedded")
+cli.add_typer(web_cli.token_cli, name="token")
+cli.command()(web_cli.serve)
 
 _state: dict[str, Any] = {"dsn": None}
 
