@@ -86,7 +86,7 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[Services]]:
 
     async def check(request: Request) -> Services:
         who = await principal(request)
-        if who is None:
+        if who is None or (who.token_id is None and not who.allows(scope)):
             raise ApiError(401, "unauthorized",
                            "this endpoint needs an API token: send Authorization: Bearer <token> "
                            "(make one with `pgqueue token create`)")

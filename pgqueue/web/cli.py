@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -77,7 +78,7 @@ def serve(
         import uvicorn
 
         from pgqueue.web.access import Settings
-        from pgqueue.web.server import create_app
+        from pgqueue.web.server import create_app, shutting_down
     except ImportError as err:
         raise MissingDependency(f"pgqueue serve needs the web extra: pip install 'pgqueue[web]' "
                                 f"(missing: {err.name})") from err
@@ -100,9 +101,16 @@ def serve(
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     typer.echo(f"pgqueue serve: dashboard http://{shown}:{bound_port}/  API /api/v1  docs /docs  "
                f"metrics /metrics", err=False)
-    config = uvicorn.Config(create_app(settings), log_level=level, access_log=level <= logging.DEBUG,
+    web_app = create_app(settings)
+    config = uvicorn.Config(web_app, log_level=level, access_log=level <= logging.DEBUG,
                             timeout_graceful_shutdown=3, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            shutting_down(web_app)  # end the dashboards' event streams so shutdown does not wait on them
+            super().handle_exit(sig, frame)
+
+    Server(config).run(sockets=[sock])
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -59,6 +59,14 @@ class Hub:
         """Something changed (a write through the API): push a fresh snapshot soon."""
         self._dirty.set()
 
+    def close(self) -> None:
+        """End every stream now (the server is shutting down), so no browser holds the shutdown up."""
+        self.closed.set()
+        for queue in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+            queue.put_nowait("")
+
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
@@ -116,8 +124,11 @@ class Hub:
             yield "retry: 2000\n\n"
             while not self.closed.is_set():
                 try:
-                    yield await asyncio.wait_for(queue.get(), timeout=KEEPALIVE)
+                    frame = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE)
                 except asyncio.TimeoutError:
-                    yield ": keep-alive\n\n"
+                    frame = ": keep-alive\n\n"
+                if not frame:
+                    return
+                yield frame
         finally:
             self._subscribers.discard(queue)

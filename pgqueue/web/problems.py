@@ -74,6 +74,11 @@ def _respond(status: int, problem: Problem, headers: dict[str, str] | None = Non
 
 def _field_problem(err: dict[str, Any]) -> FieldProblem:
     loc = [str(part) for part in err.get("loc", ())]
+    if err.get("type") == "json_invalid":
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        reason = str(err.get("ctx", {}).get("error", "")).strip()
+        return FieldProblem(field="body", location="body",
+                            message=f"is not valid JSON{': ' + reason if reason else ''}{where}")
     location = loc[0] if loc and loc[0] in {"body", "query", "path", "header", "cookie"} else "body"
     path = loc[1:] if loc and loc[0] == location else loc
     message = str(err.get("msg", "is invalid"))

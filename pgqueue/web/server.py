@@ -95,6 +95,13 @@ def _services(settings: Settings) -> Services:
     return Services(settings=settings, db=db, hub=hub, exporter=exporter, overview=overview)
 
 
+def shutting_down(app: FastAPI) -> None:
+    """Call when the server begins to stop: live streams end at once instead of holding the shutdown up."""
+    svc: Services | None = getattr(app.state, "services", None)
+    if svc is not None:
+        svc.hub.close()
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The whole web application for ``settings``; background duties start with its lifespan."""
 

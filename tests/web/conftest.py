@@ -18,7 +18,7 @@ import uvicorn
 from pgqueue import App
 from pgqueue.web.access import Settings
 from pgqueue.web.auth import create_token
-from pgqueue.web.server import create_app
+from pgqueue.web.server import create_app, shutting_down
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Live:
         return self.app.state.services
 
     def stop(self) -> None:
+        shutting_down(self.app)
         self.server.should_exit = True
         self.thread.join(10)
 
