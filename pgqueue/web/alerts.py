@@ -31,14 +31,14 @@ from fastapi import APIRouter, Depends, Path, Query
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
 from pgqueue.web.database import Database
-from pgqueue.web.models import AlertEvent, AlertRule, AlertRuleCreate, AlertRulePatch
+from pgqueue.web.models import MAX_ID, AlertEvent, AlertRule, AlertRuleCreate, AlertRulePatch
 from pgqueue.web.problems import conflict, invalid, not_found, responses
 
 log = logging.getLogger("pgqueue.web.alerts")
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 
-RuleId = Annotated[int, Path(ge=1, le=2**63 - 1, description="Rule id.")]
+RuleId = Annotated[int, Path(ge=1, le=MAX_ID, description="Rule id.")]
 
 # -- evaluation -------------------------------------------------------------------------------------------------
 
@@ -86,7 +86,7 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
     """POST ``body`` (JSON) to ``url``; raises OSError (urllib's errors included) unless it answers 2xx."""
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/json", "User-Agent": "pgqueue-alerts"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the rule says http(s))
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         if not 200 <= response.status < 300:
             raise OSError(f"webhook answered HTTP {response.status}")
 
@@ -168,7 +168,7 @@ async def delete_rule(rule_id: RuleId, svc: Annotated[Services, Depends(require(
 @router.get("/events", response_model=list[AlertEvent], summary="Alert history, newest first",
             responses=responses(401, 403, 422))
 async def list_events(svc: Annotated[Services, Depends(require(Scope.READ))],
-                      before: Annotated[int | None, Query(ge=1, le=2**63 - 1,
+                      before: Annotated[int | None, Query(ge=1, le=MAX_ID,
                                                           description="Only events older than this id.")] = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[AlertEvent]:
     keys = ("id", "rule_id", "rule_name", "kind", "queue", "status", "value", "threshold", "message",

@@ -2,17 +2,16 @@
 histogram with percentiles, queue depth over time. Served under ``/api/v1/metrics``.
 
 Time windows are ``?from=&to=`` (ISO 8601 with a timezone); both default from the database clock: the last
-hour. Windows are at most 31 days; a throughput series has at most 500 points.
+hour. A throughput series has at most 500 points: its step grows with the window.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
 
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
@@ -24,6 +23,7 @@ from pgqueue.web.models import (
     QueueOutcomes,
     Throughput,
     ThroughputPoint,
+    Time,
     WorkerInfo,
 )
 from pgqueue.web.problems import invalid, responses
@@ -36,40 +36,37 @@ DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # Steps a throughput series may use, so buckets fall on round times.
 STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 MAX_POINTS = 500
-MAX_WINDOW = timedelta(days=31)
 
-From = Annotated[AwareDatetime | None, Query(alias="from", description="Start (ISO 8601 with timezone); "
-                                                                       "default: an hour before `to`.")]
-To = Annotated[AwareDatetime | None, Query(description="End (ISO 8601 with timezone); default: now.")]
+From = Annotated[Time | None, Query(alias="from", description="Start (ISO 8601 with timezone); "
+                                                              "default: an hour before `to`.")]
+To = Annotated[Time | None, Query(description="End (ISO 8601 with timezone); default: now (or an hour after a "
+                                               "`from` in the future). Must not be before `from`.")]
 QueueFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", description="Only this queue.")]
 TaskFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$",
                                          description="Only this task.")]
 
 
 async def window(svc: Services, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    """The [from, to) window asked for, defaults from the database clock; 422 naming the bad bound."""
+    """The [from, to) window asked for, defaults from the database clock; 422 naming ``from`` when empty."""
     if end is None:
         end = await svc.db.scalar("web_now")
-    assert end is not None
+        assert end is not None
+        if start is not None and start > end:
+            end = start + timedelta(hours=1)  # a window that starts in the future: its first hour
     if start is None:
-        start = end - timedelta(hours=1)
-    try:
-        span = end - start
-    except OverflowError:
-        raise invalid("from", "is too far from to", "query") from None
-    if span <= timedelta(0):
-        raise invalid("from", "must be before to", "query")
-    if span > MAX_WINDOW:
-        raise invalid("from", "the window may be at most 31 days", "query")
-    if start.year < 1000 or end.year > 9000:
-        raise invalid("from" if start.year < 1000 else "to", "is out of range", "query")
+        try:
+            start = end - timedelta(hours=1)
+        except OverflowError:
+            start = datetime.min.replace(tzinfo=timezone.utc)
+    if start > end:
+        raise invalid("from", "must not be after to", "query")
     return start, end
 
 
 def step_for(span: timedelta) -> int:
-    """The smallest round step that draws ``span`` in at most MAX_POINTS points."""
+    """The smallest round step that draws ``span`` in at most MAX_POINTS points (whole days past a day)."""
     wanted = span.total_seconds() / MAX_POINTS
-    return next((s for s in STEPS if s >= wanted), STEPS[-1])
+    return next((s for s in STEPS if s >= wanted), math.ceil(wanted / 86400) * 86400)
 
 
 @router.get("/queues", response_model=list[QueueInfo], summary="Per-queue counts and rates",

@@ -1,31 +1,26 @@
-"""Opaque pagination cursors: the keyset of the last row of a page, base64url-encoded.
+"""Keyset cursors of the dead-letter list: the (finished_at, id) of the last row of a page, as
+``<microseconds since the epoch>_<id>``. Any string of that shape is a valid cursor: values past the ends of
+time or of bigint are clamped, so a cursor never fails, it only pages from where it points.
 
 ::
 
-    cursor = encode("j", 1234)           # the next page of jobs starts below id 1234
-    (job_id,) = decode("j", cursor, 1)   # 422 naming ?cursor= when it is not one of ours
+    cursor = encode_dead(row.finished_at, row.id)   # "1763827200123456_42"
+    finished_at, job_id = decode_dead(cursor)
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+from datetime import datetime, timedelta, timezone
 
-from pgqueue.web.problems import invalid
-
-
-def encode(kind: str, *parts: object) -> str:
-    raw = "|".join([kind, *(str(p) for p in parts)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_MICROS = int((datetime(9999, 12, 31, tzinfo=timezone.utc) - EPOCH) / timedelta(microseconds=1))
+MAX_ID = 2**63 - 1
 
 
-def decode(kind: str, cursor: str, count: int) -> list[str]:
-    """The parts of ``cursor``, which must be of ``kind`` with ``count`` parts."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid("cursor", "is not a cursor returned by this API", "query") from None
-    parts = raw.split("|")
-    if len(parts) != count + 1 or parts[0] != kind:
-        raise invalid("cursor", "is not a cursor returned by this endpoint", "query")
-    return parts[1:]
+def encode_dead(finished_at: datetime, job_id: int) -> str:
+    return f"{(finished_at - EPOCH) // timedelta(microseconds=1)}_{job_id}"
+
+
+def decode_dead(cursor: str) -> tuple[datetime, int]:
+    micros, _, job_id = cursor.partition("_")
+    return EPOCH + timedelta(microseconds=min(int(micros), MAX_MICROS)), min(int(job_id), MAX_ID)

@@ -21,6 +21,7 @@ from pgqueue.web import cursors
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
 from pgqueue.web.models import (
+    MAX_ID,
     AttemptError,
     BulkResult,
     DeadLetter,
@@ -44,10 +45,11 @@ TaskFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,1
                                          description="Only this task.")]
 ErrorFilter = Annotated[str | None, Query(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,199}$",
                                           description="Only dead letters whose last error is of this class.")]
-Cursor = Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$",
-                                     description="next_cursor of the previous page.")]
+JobCursor = Annotated[int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page.")]
+DeadCursor = Annotated[str | None, Query(pattern=r"^[0-9]{1,16}_[0-9]{1,19}$",
+                                         description="next_cursor of the previous page.")]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
-JobIdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="Job id.")]
+JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
 
 
 def _summary(row: tuple[Any, ...]) -> JobSummary:
@@ -121,18 +123,12 @@ async def create_job(body: JobCreate, svc: Annotated[Services, Depends(require(S
             responses=responses(401, 403, 422))
 async def list_jobs(svc: Annotated[Services, Depends(require(Scope.READ))], queue: QueueFilter = None,
                     state: Annotated[JobState | None, Query(description="Only this state.")] = None,
-                    task: TaskFilter = None, cursor: Cursor = None, limit: Limit = 50) -> JobPage:
-    """Jobs live and finished, newest first, a page at a time (cursor pagination: stable under inserts)."""
-    before = None
-    if cursor is not None:
-        (text,) = cursors.decode("j", cursor, 1)
-        if not text.isdigit():
-            raise invalid("cursor", "is not a cursor returned by this endpoint", "query")
-        before = int(text)
+                    task: TaskFilter = None, cursor: JobCursor = None, limit: Limit = 50) -> JobPage:
+    """Jobs live and finished, newest first, a page at a time (keyset pagination: stable under inserts)."""
     rows = await svc.db.fetch("web_job_page", {"queue": queue, "state": state.value if state else None,
-                                               "task": task, "before": before, "limit": limit})
+                                               "task": task, "before": cursor, "limit": limit})
     items = [_summary(row) for row in rows]
-    next_cursor = cursors.encode("j", items[-1].id) if len(items) == limit else None
+    next_cursor = items[-1].id if len(items) == limit else None
     return JobPage(items=items, next_cursor=next_cursor)
 
 
@@ -203,13 +199,7 @@ def _dead_params(queue: str | None, task: str | None, error_type: str | None, cu
                  ) -> dict[str, Any]:
     before_at, before_id = None, None
     if cursor is not None:
-        at_text, id_text = cursors.decode("d", cursor, 2)
-        try:
-            before_at, before_id = datetime.fromisoformat(at_text), int(id_text)
-        except ValueError:
-            raise invalid("cursor", "is not a cursor returned by this endpoint", "query") from None
-        if before_at.tzinfo is None:
-            raise invalid("cursor", "is not a cursor returned by this endpoint", "query")
+        before_at, before_id = cursors.decode_dead(cursor)
     return {"queue": queue, "task": task, "error_type": error_type, "before_at": before_at,
             "before_id": before_id, "limit": limit}
 
@@ -217,17 +207,17 @@ def _dead_params(queue: str | None, task: str | None, error_type: str | None, cu
 @dead_router.get("/dead-letters", response_model=DeadPage, summary="List dead letters",
                  responses=responses(401, 403, 422))
 async def list_dead(svc: Annotated[Services, Depends(require(Scope.READ))], queue: QueueFilter = None,
-                    task: TaskFilter = None, error_type: ErrorFilter = None, cursor: Cursor = None,
+                    task: TaskFilter = None, error_type: ErrorFilter = None, cursor: DeadCursor = None,
                     limit: Limit = 50) -> DeadPage:
     """Dead jobs, most recently dead first, with their last error; filtered by queue, task and error class."""
     rows = await svc.db.fetch("web_dead_page", _dead_params(queue, task, error_type, cursor, limit))
     items = [_dead(row) for row in rows]
-    next_cursor = (cursors.encode("d", items[-1].finished_at.isoformat(), items[-1].id)
-                   if len(items) == limit else None)
+    next_cursor = cursors.encode_dead(items[-1].finished_at, items[-1].id) if len(items) == limit else None
     return DeadPage(items=items, next_cursor=next_cursor)
 
 
 def _selection(body: DeadSelection) -> dict[str, Any]:
+    # all=true and no filter: every parameter NULL, which the statements read as "no condition".
     return {"ids": body.ids, "queue": body.queue, "task": body.task, "error_type": body.error_type}
 
 

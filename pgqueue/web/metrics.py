@@ -131,9 +131,10 @@ class Exporter:
                                 [f'{name}{{worker="{row[0]}",host="{label(row[1])}"}} {int(row[column])}'
                                  for row in workers])
             lines += self._histogram()
+            received = int(getattr(self._notifications, "notifications", 0))
             lines += family("pgqueue_serve_notifications_total", "counter",
                             "Job notifications (LISTEN pgqueue_jobs) this serve process received.",
-                            [f"pgqueue_serve_notifications_total {int(getattr(self._notifications, 'notifications', 0))}"])
+                            [f"pgqueue_serve_notifications_total {received}"])
             return "\n".join(lines) + "\n"
 
 

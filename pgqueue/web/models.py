@@ -4,11 +4,20 @@ a bad field is refused with a 422 naming it (see ``problems``), and the OpenAPI 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from pgqueue.job import MAX_PRIORITY
@@ -17,7 +26,9 @@ QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", min_length
                                  examples=["default"])]
 TaskName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$", min_length=1, max_length=200,
                                 examples=["myproject.tasks.send_email"])]
-JobId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+# Ids stay within 2**53, the integers a JSON number (a JavaScript client) holds exactly.
+MAX_ID = 2**53
+JobId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(lambda v: exact_int(v))]
 
 
 def storable(text: str) -> str:
@@ -34,7 +45,53 @@ def storable(text: str) -> str:
 Text = Annotated[str, AfterValidator(storable)]
 
 
+def exact_int(value: Any) -> Any:
+    """JSON has one number type: 3.0 is the integer 3 (as JSON Schema says); 3.5, "3" and true are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def exact_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+def exact_bool(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]")
+
+
+def iso_8601(value: Any) -> Any:
+    """Times are ISO 8601 text: refuse the Unix timestamps pydantic would otherwise read from bare numbers."""
+    if not isinstance(value, str | datetime) or (isinstance(value, str) and not ISO_DATE.match(value)):
+        raise ValueError("must be an ISO 8601 date and time with a timezone, e.g. 2030-01-31T12:00:00Z")
+    return value
+
+
+# Exact JSON types: no coercion of "3" to 3, of 0 to false, or of a number to a time. (Range constraints go
+# before the validator inside Annotated, or pydantic leaves them out of the JSON schema.)
+Bool = Annotated[bool, BeforeValidator(exact_bool)]
+Time = Annotated[AwareDatetime, BeforeValidator(iso_8601)]
+Priority = Annotated[int, Field(ge=0, le=MAX_PRIORITY), BeforeValidator(exact_int)]
+Delay = Annotated[float, Field(ge=0, le=10 * 365 * 86400), BeforeValidator(exact_number)]
+Attempts = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(exact_int)]
+Concurrency = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(exact_int)]
+Threshold = Annotated[float, Field(ge=0, le=1e12), BeforeValidator(exact_number)]
+Window = Annotated[int, Field(ge=10, le=86_400), BeforeValidator(exact_int)]
+
+
 class Strict(BaseModel):
+    """Request bodies: unknown fields are refused, and so are values of the wrong JSON type (see the
+    exact_* validators), so a request either means exactly what the document says or gets a 422."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -54,25 +111,29 @@ class JobCreate(Strict):
     Options left out take the task's defaults when the server knows the task (``--app``), else the global ones.
     """
 
+    # run_at and delay exclude each other; the document says so, so generated clients and fuzzers know it.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["run_at", "delay"]}})
+
     task: TaskName
     queue: QueueName | None = None
     args: list[Any] = Field(default_factory=list, max_length=10_000)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    priority: int | None = Field(default=None, ge=0, le=MAX_PRIORITY, description="Higher runs first.")
-    run_at: AwareDatetime | None = Field(default=None, description="Run at this time (with a timezone).")
-    delay: float | None = Field(default=None, ge=0, le=10 * 365 * 86400, description="Run after this many seconds.")
-    max_attempts: int | None = Field(default=None, ge=1, le=1_000_000)
+    priority: Priority | None = Field(default=None, description="Higher runs first.")
+    run_at: Time | None = Field(default=None, description="Run at this time (with a timezone). Not with delay.")
+    delay: Delay | None = Field(default=None, description="Run after this many seconds. Not with run_at.")
+    max_attempts: Attempts | None = None
     # Pending features (issues 3 and 4): accepted so that a client using them gets a clear 501 rather than a
     # silently ignored option; kept out of the OpenAPI document until they exist.
     idempotency_key: SkipJsonSchema[str | None] = None
     unique_key: SkipJsonSchema[str | None] = None
     depends_on: SkipJsonSchema[list[int] | None] = None
 
-    @model_validator(mode="after")
-    def _one_time(self) -> JobCreate:
-        if self.run_at is not None and self.delay is not None:
+    @model_validator(mode="before")
+    @classmethod
+    def _one_time(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "run_at" in data and "delay" in data:
             raise ValueError("give run_at or delay, not both")
-        return self
+        return data
 
 
 class JobCreated(BaseModel):
@@ -122,7 +183,7 @@ class JobDetail(JobSummary):
 
 class JobPage(BaseModel):
     items: list[JobSummary]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end.")
+    next_cursor: int | None = Field(description="Pass as ?cursor= for the next page; null at the end.")
 
 
 class JobAction(BaseModel):
@@ -152,19 +213,29 @@ class DeadPage(BaseModel):
 
 
 class DeadSelection(Strict):
-    """Which dead letters a bulk action takes: ``ids``, or the filters, or ``all``; at least one."""
+    """Which dead letters a bulk action takes: ``ids``; or ``queue``, ``task``, ``error_type`` (all that are
+    given must match); or ``all: true``. At least one, and none of them null: an empty selection is refused
+    rather than read as "everything"."""
 
-    ids: list[JobId] | None = Field(default=None, min_length=1, max_length=10_000)
-    queue: QueueName | None = None
-    task: TaskName | None = None
-    error_type: Text | None = Field(default=None, min_length=1, max_length=200)
-    all: bool = False
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    @model_validator(mode="after")
-    def _something(self) -> DeadSelection:
-        if not (self.ids or self.queue or self.task or self.error_type or self.all):
-            raise ValueError("say which dead letters: ids, queue, task, error_type or all=true")
-        return self
+    ids: Annotated[list[JobId], Field(min_length=1, max_length=10_000)] | SkipJsonSchema[None] = None
+    queue: QueueName | SkipJsonSchema[None] = None
+    task: TaskName | SkipJsonSchema[None] = None
+    error_type: Annotated[Text, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = None
+    all: Annotated[Literal[True], BeforeValidator(exact_bool)] | SkipJsonSchema[None] = Field(
+        default=None, description="Every dead letter.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = sorted(k for k, v in data.items() if v is None)
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)} must not be null; leave the field out instead")
+            if not data:
+                raise ValueError("say which dead letters: ids, queue, task, error_type or all=true")
+        return data
 
 
 class BulkResult(BaseModel):
@@ -217,18 +288,10 @@ class WorkerInfo(BaseModel):
     drain_requested_at: datetime | None
 
 
-class WorkerCommand(Strict):
-    """Ask a worker to run with another concurrency, or to drain (finish its jobs and leave). Workers read it
-    at their next heartbeat."""
+class ConcurrencyRequest(Strict):
+    """The concurrency a worker should run with; it applies it at its next heartbeat."""
 
-    concurrency: int | None = Field(default=None, ge=1, le=10_000)
-    drain: bool = False
-
-    @model_validator(mode="after")
-    def _something(self) -> WorkerCommand:
-        if self.concurrency is None and not self.drain:
-            raise ValueError("give concurrency or drain=true")
-        return self
+    concurrency: Concurrency
 
 
 # -- charts -------------------------------------------------------------------------------------------------------
@@ -292,17 +355,22 @@ class AlertRuleCreate(Strict):
     """threshold: a count of dead jobs, a failure percentage, an age in seconds, or (no_live_worker) the
     heartbeat age in seconds past which a worker no longer counts as live."""
 
+    # A failure rate is a percentage: stated in the document too, so clients and fuzzers know it.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"kind": {"const": "failure_rate_above"}}, "required": ["kind"]},
+        "then": {"properties": {"threshold": {"maximum": 100}}}})
+
     name: Text = Field(min_length=1, max_length=200)
     kind: AlertKind
     queue: QueueName | None = None
-    threshold: float = Field(ge=0, le=1e12)
-    window_seconds: int = Field(default=300, ge=10, le=86_400)
+    threshold: Threshold
+    window_seconds: Window = 300
     webhook_url: Text = Field(pattern=r"^https?://[^\s]+$", max_length=2000)
-    enabled: bool = True
+    enabled: Bool = True
 
 
 class AlertRulePatch(Strict):
-    enabled: bool
+    enabled: Bool
 
 
 class AlertRule(BaseModel):

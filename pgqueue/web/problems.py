@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pgqueue.errors import DatabaseUnavailable, JobNotFound, PgQueueError, SchemaNotMigrated, ValidationError
 
@@ -73,7 +74,8 @@ def _respond(status: int, problem: Problem, headers: dict[str, str] | None = Non
 
 
 def _field_problem(err: dict[str, Any]) -> FieldProblem:
-    loc = [str(part) for part in err.get("loc", ())]
+    # pydantic names the branch of a union (or a validator) inside loc, e.g. "list[...]": not a field.
+    loc = [str(part) for part in err.get("loc", ()) if not ("[" in str(part) or str(part).startswith("function-"))]
     if err.get("type") == "json_invalid":
         where = f" at character {loc[1]}" if len(loc) > 1 else ""
         reason = str(err.get("ctx", {}).get("error", "")).strip()
@@ -104,10 +106,13 @@ def install(app: FastAPI) -> None:
         return _respond(422, Problem(error="invalid_request", message=message, fields=fields))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         names = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
+        headers = dict(getattr(err, "headers", None) or {})
+        if err.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return _respond(err.status_code, Problem(error=names.get(err.status_code, "http_error"),
-                                                 message=str(err.detail)), getattr(err, "headers", None))
+                                                 message=str(err.detail)), headers)
 
     @app.exception_handler(PgQueueError)
     async def pgqueue_error(_: Request, err: PgQueueError) -> JSONResponse:
@@ -121,10 +126,20 @@ def install(app: FastAPI) -> None:
         return _respond(500, Problem(error="database_error", message=str(err)))
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\x00"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 # OpenAPI: the error responses every operation may give, documented with the Problem body.
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Bad request", 401: "Missing or unknown token", 403: "Token lacks the scope",
             404: "Not found", 409: "Conflict with the resource's state", 413: "Request body too large",
             422: "Invalid input: the body says which field and why", 501: "Feature not available yet",
             503: "Database unavailable"}
-    return {s: {"model": Problem, "description": text[s]} for s in statuses}
+    return {s: {"model": Problem, "description": text[s]} for s in sorted({400, *statuses})}

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
 from pgqueue.web.database import Database
-from pgqueue.web.models import WorkerCommand, WorkerInfo
+from pgqueue.web.models import ConcurrencyRequest, WorkerInfo
 from pgqueue.web.problems import not_found, responses
 
 router = APIRouter(tags=["workers"])
@@ -40,15 +40,11 @@ async def get_workers(svc: Annotated[Services, Depends(require(Scope.READ))]) ->
     return await list_workers(svc.db)
 
 
-@router.post("/workers/{worker_id}/commands", status_code=202, response_model=WorkerInfo,
-             summary="Ask a worker to change its concurrency or to drain",
-             responses=responses(401, 403, 404, 422))
-async def command_worker(worker_id: Annotated[uuid.UUID, Path(description="Worker id.")], body: WorkerCommand,
-                         svc: Annotated[Services, Depends(require(Scope.ADMIN))]) -> WorkerInfo:
-    """Accepted, not done: the worker applies the request at its next heartbeat. Draining means it stops
-    claiming, finishes its running jobs and leaves, as on SIGTERM."""
-    rows = await svc.db.fetch("web_worker_request", {"id": worker_id, "concurrency": body.concurrency,
-                                                     "drain": body.drain})
+WorkerPath = Annotated[uuid.UUID, Path(description="Worker id.")]
+
+
+async def _request(svc: Services, worker_id: uuid.UUID, concurrency: int | None, drain: bool) -> WorkerInfo:
+    rows = await svc.db.fetch("web_worker_request", {"id": worker_id, "concurrency": concurrency, "drain": drain})
     if not rows:
         raise not_found(f"no worker with id {worker_id}")
     svc.hub.poke()
@@ -56,3 +52,18 @@ async def command_worker(worker_id: Annotated[uuid.UUID, Path(description="Worke
         if worker.id == str(worker_id):
             return worker
     raise not_found(f"worker {worker_id} left")
+
+
+@router.post("/workers/{worker_id}/concurrency", status_code=202, response_model=WorkerInfo,
+             summary="Ask a worker to run with another concurrency", responses=responses(401, 403, 404, 422))
+async def set_concurrency(worker_id: WorkerPath, body: ConcurrencyRequest,
+                          svc: Annotated[Services, Depends(require(Scope.ADMIN))]) -> WorkerInfo:
+    """Accepted, not done: the worker applies it at its next heartbeat (``requested_concurrency`` until then)."""
+    return await _request(svc, worker_id, body.concurrency, False)
+
+
+@router.post("/workers/{worker_id}/drain", status_code=202, response_model=WorkerInfo,
+             summary="Ask a worker to drain", responses=responses(401, 403, 404, 422))
+async def drain(worker_id: WorkerPath, svc: Annotated[Services, Depends(require(Scope.ADMIN))]) -> WorkerInfo:
+    """At its next heartbeat the worker stops claiming, finishes its running jobs and leaves, as on SIGTERM."""
+    return await _request(svc, worker_id, None, True)

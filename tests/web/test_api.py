@@ -176,7 +176,8 @@ def test_cursor_pagination_is_stable(client: httpx.Client, app: App) -> None:
     assert seen == sorted(ids, reverse=True) and pages == 3
     filtered = client.get("/jobs", params={"state": "queued", "task": "t.other"}).json()["items"]
     assert [j["task"] for j in filtered] == ["t.other"]
-    for params, field in [({"cursor": "not-ours"}, "cursor"), ({"limit": 0}, "limit"), ({"limit": 501}, "limit"),
+    for params, field in [({"cursor": "not-ours"}, "cursor"), ({"cursor": 0}, "cursor"), ({"limit": 0}, "limit"),
+                          ({"limit": 501}, "limit"),
                           ({"state": "sleeping"}, "state"), ({"queue": "a b"}, "queue")]:
         response = client.get("/jobs", params=params)
         assert response.status_code == 422 and response.json()["fields"][0]["field"] == field, params
@@ -214,6 +215,11 @@ def test_dead_letters_list_filter_export_and_bulk(client: httpx.Client, db: psyc
 
     empty = client.post("/dead-letters/retry", json={})
     assert empty.status_code == 422 and "say which" in empty.json()["message"]
+    for body in ({"queue": None}, {"all": False}, {"ids": []}, {"ids": [0]}, {"all": 1}, {"everything": True}):
+        assert client.post("/dead-letters/delete", json=body).status_code == 422, body
+    assert client.get("/dead-letters", params={"cursor": "yesterday"}).status_code == 422
+    far = client.get("/dead-letters", params={"cursor": "9999999999999999_9999999999999999999"})
+    assert len(far.json()["items"]) == 5  # a cursor past the end of time pages from the newest
     assert client.post("/dead-letters/retry", json={"ids": [1001, 1002, 4242]}).json() == {"count": 2}
     assert app.job(1001).state is JobState.QUEUED and app.job(1001).max_attempts == 4
     assert client.post("/dead-letters/delete", json={"queue": "img"}).json() == {"count": 2}

@@ -32,8 +32,9 @@ def operations(web: Live) -> list[tuple[str, str]]:
 def snapshot(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
     row = db.execute("""SELECT (SELECT count(*) FROM pgqueue.jobs), (SELECT count(*) FROM pgqueue.finished_jobs),
                                (SELECT count(*) FROM pgqueue.alert_rules),
-                               (SELECT count(*) FROM pgqueue.workers WHERE requested_concurrency IS NOT NULL
-                                                                        OR drain_requested_at IS NOT NULL)""").fetchone()
+                               (SELECT count(*) FROM pgqueue.workers
+                                WHERE requested_concurrency IS NOT NULL OR drain_requested_at IS NOT NULL)"""
+                     ).fetchone()
     assert row is not None
     return tuple(row)
 
@@ -46,7 +47,7 @@ def test_every_change_of_state_needs_its_scope(web: Live, tokens: dict[str, str]
                (PATH_VALUES["worker_id"],))
     before = snapshot(db)
     body = {"task": "t", "ids": [1], "concurrency": 3, "name": "r", "kind": "no_live_worker", "threshold": 1,
-            "webhook_url": "http://127.0.0.1:9/", "enabled": False, "all": True}
+            "webhook_url": "http://127.0.0.1:9/", "enabled": False}
     for scope in (None, "read", "enqueue"):
         with as_scope(web, tokens, scope) as http:
             for method, path in writes:

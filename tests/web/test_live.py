@@ -56,7 +56,8 @@ def test_an_enqueue_reaches_the_browser_within_half_a_second(web: Live, client: 
     for n in range(1, 6):
         before = time.monotonic()
         client.post("/jobs", json={"task": "t.live", "queue": "live"})
-        seen = wait_for(lambda n=n: events.first_after(before, lambda s: events.queued(s, "live") == n),
+        seen = wait_for(lambda n=n, before=before: events.first_after(before,
+                                                                      lambda s: events.queued(s, "live") == n),
                         timeout=5, message=f"a snapshot with {n} queued")
         latencies.append(seen - before)
         time.sleep(0.3)
@@ -99,7 +100,7 @@ def test_workers_change_concurrency_and_drain_on_request(app: App, client: httpx
     with testing.running_worker(app, concurrency=1, lease=1.5) as worker:
         (listed,) = client.get("/workers").json()
         assert listed["id"] == str(worker.id) and listed["concurrency"] == 1
-        accepted = client.post(f"/workers/{worker.id}/commands", json={"concurrency": 3})
+        accepted = client.post(f"/workers/{worker.id}/concurrency", json={"concurrency": 3})
         assert accepted.status_code == 202 and accepted.json()["requested_concurrency"] == 3
         wait_for(lambda: worker.config.concurrency == 3, timeout=5, message="the new concurrency")
         shown = wait_for(lambda: (w := client.get("/workers").json()[0])["requested_concurrency"] is None and w,
@@ -109,13 +110,14 @@ def test_workers_change_concurrency_and_drain_on_request(app: App, client: httpx
         wait_for(lambda: all(app.job(j.id).state.value == "succeeded" for j in jobs), timeout=10)
         assert peak == 3
 
-        assert client.post(f"/workers/{worker.id}/commands", json={"drain": True}).status_code == 202
+        assert client.post(f"/workers/{worker.id}/drain").status_code == 202
         wait_for(lambda: not client.get("/workers").json(), timeout=10, message="the worker to drain and leave")
 
-    bad = client.post("/workers/not-a-uuid/commands", json={"drain": True})
+    bad = client.post("/workers/not-a-uuid/drain")
     assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "worker_id"
-    assert client.post(f"/workers/{worker.id}/commands", json={"concurrency": 2}).status_code == 404
-    for body, field in [({}, "body"), ({"concurrency": 0}, "concurrency"), ({"concurrency": "x"}, "concurrency"),
-                        ({"drain": "please"}, "drain")]:
-        response = client.post(f"/workers/{worker.id}/commands", json=body)
+    assert client.post(f"/workers/{worker.id}/concurrency", json={"concurrency": 2}).status_code == 404
+    assert client.post(f"/workers/{worker.id}/drain").status_code == 404
+    for body, field in [({}, "concurrency"), ({"concurrency": 0}, "concurrency"), ({"concurrency": "3"}, "concurrency"),
+                        ({"concurrency": 2.5}, "concurrency"), ({"concurrency": 2, "drain": True}, "drain")]:
+        response = client.post(f"/workers/{worker.id}/concurrency", json=body)
         assert response.status_code == 422 and response.json()["fields"][0]["field"] == field, body

@@ -422,11 +422,11 @@ function wire() {
     const d = event.target.dataset;
     if (d.setConcurrency) {
       const value = Number($(`input[data-concurrency="${d.setConcurrency}"]`).value);
-      await act(api(`/workers/${d.setConcurrency}/commands`, { method: "POST", body: { concurrency: value } }),
+      await act(api(`/workers/${d.setConcurrency}/concurrency`, { method: "POST", body: { concurrency: value } }),
         `Concurrency ${value} requested; the worker applies it at its next heartbeat`);
     }
     if (d.drain && confirm("Drain this worker? It finishes its running jobs and leaves.")) {
-      await act(api(`/workers/${d.drain}/commands`, { method: "POST", body: { drain: true } }), "Drain requested");
+      await act(api(`/workers/${d.drain}/drain`, { method: "POST" }), "Drain requested");
     }
   });
   $("#rule-form").addEventListener("submit", async (event) => {
