@@ -224,7 +224,7 @@ async function showJob(id, panel) {
   const job = await act(api(`/jobs/${id}`));
   if (!job) return;
   state.openJob = id;
-  const events = [["created", job.created_at, ""], ["scheduled for", job.scheduled_for, ""]];
+  const events = [["created", job.created_at, ""], ["due to run", job.scheduled_for, ""]];
   for (const e of job.errors) events.push([`attempt ${e.attempt} failed: ${e.error_type} (${e.kind})`, e.failed_at, "bad"]);
   if (job.started_at) events.push([`attempt ${job.attempt} started`, job.started_at, ""]);
   if (job.finished_at) events.push([job.state, job.finished_at, job.state === "succeeded" ? "good" : job.state === "dead" ? "bad" : ""]);
@@ -304,7 +304,8 @@ async function exportCsv() {
 
 function renderWorkers(workers) {
   const body = $("#workers tbody");
-  if (body.contains(document.activeElement)) return; // do not overwrite a concurrency being typed
+  const typing = document.activeElement;
+  if (typing?.matches("input[data-concurrency]") && body.contains(typing)) return; // a concurrency being typed
   body.innerHTML = workers.map((w) => `<tr data-worker="${w.id}">
     <td>${esc(w.host)}</td><td class="num">${w.pid}</td><td>${esc((w.queues || ["*"]).join(", "))}</td>
     <td>${badge(w.drain_requested_at ? "draining" : w.state)}</td>
@@ -421,6 +422,7 @@ function wire() {
   $("#workers").addEventListener("click", async (event) => {
     const d = event.target.dataset;
     if (d.setConcurrency) {
+      event.target.blur();
       const value = Number($(`input[data-concurrency="${d.setConcurrency}"]`).value);
       await act(api(`/workers/${d.setConcurrency}/concurrency`, { method: "POST", body: { concurrency: value } }),
         `Concurrency ${value} requested; the worker applies it at its next heartbeat`);
