@@ -109,6 +109,8 @@ def serve(
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             shutting_down(web_app)  # end the dashboards' event streams so shutdown does not wait on them
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once it has stopped; a clean stop on SIGTERM exits 0, as workers do.
+            getattr(self, "_captured_signals", []).clear()
 
     Server(config).run(sockets=[sock])
 
@@ -126,5 +128,7 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as err:
         sock.close()
         raise ValidationError(f"cannot listen on {host}:{port}: {err.strerror}; choose another --port") from err
-    sock.set_inheritable(True)
+    # Listening now (not when uvicorn starts) means a client that reads the printed URL and connects at once
+    # waits in the backlog instead of being refused.
+    sock.listen(2048)
     return sock
