@@ -15,7 +15,7 @@
 Then ``pgqueue migrate`` once and ``pgqueue work mymodule:app`` on as many hosts as you like.
 """
 
-from pgqueue.app import App, QueueStats, WorkerInfo
+from pgqueue.app import App, BatchInfo, QueueSettings, QueueStats, WorkerInfo
 from pgqueue.errors import (
     ConfigurationError,
     DatabaseError,
@@ -30,30 +30,38 @@ from pgqueue.errors import (
     ValidationError,
 )
 from pgqueue.job import Job, JobError, JobState
+from pgqueue.periodic import Schedule
 from pgqueue.retry import Backoff
 from pgqueue.task import BoundTask, Call, Context, Task
 from pgqueue.worker import Worker, WorkerConfig
+from pgqueue.workflow import Batch, Chain, Group, chain, group
 
 __version__ = "0.1.0"
 
 __all__ = [
     "App",
     "Backoff",
+    "Batch",
+    "BatchInfo",
     "BoundTask",
     "Call",
+    "Chain",
     "ConfigurationError",
     "Context",
     "DatabaseError",
     "DatabaseUnavailable",
     "Fatal",
+    "Group",
     "Job",
     "JobError",
     "JobNotFound",
     "JobState",
     "PayloadTooLarge",
     "PgQueueError",
+    "QueueSettings",
     "QueueStats",
     "Retry",
+    "Schedule",
     "SchemaNotMigrated",
     "Task",
     "UnknownTask",
@@ -61,4 +69,6 @@ __all__ = [
     "Worker",
     "WorkerConfig",
     "WorkerInfo",
+    "chain",
+    "group",
 ]

@@ -27,15 +27,18 @@ from pgqueue.job import (
     Job,
     JobError,
     JobState,
+    check_key,
     check_max_attempts,
     check_priority,
     check_queue,
     check_task_name,
     encode_payload,
 )
+from pgqueue.periodic import Schedule, ScheduleRow, check_cron, check_timezone
 from pgqueue.queries import q
 from pgqueue.retry import Backoff
 from pgqueue.task import Call, Context, EnqueueOptions, P, R, Task
+from pgqueue.workflow import Batch, create_batch
 
 T = TypeVar("T")
 FINISHED_PRUNABLE = ("succeeded", "cancelled")
@@ -61,6 +64,48 @@ class QueueStats:
     succeeded_last_minute: int
     failed_last_minute: int
     dead_last_minute: int
+    waiting: int = 0
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """A row of ``pgqueue.queues``: pause, limits and fairness of one queue. Rates are (starts, seconds)."""
+
+    name: str
+    paused: bool
+    concurrency_limit: int | None
+    rate_limit: int | None
+    rate_period: float | None
+    group_concurrency_limit: int | None
+    group_rate_limit: int | None
+    group_rate_period: float | None
+    fair: bool
+    priority_aging: float | None
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch: how many of its jobs are in each state, and whether all have finished."""
+
+    id: int
+    name: str
+    total: int
+    counts: dict[str, int]
+    callback_job_id: int | None
+    created_at: datetime
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.get(s, 0) for s in ("succeeded", "dead", "cancelled"))
+
+    @property
+    def progress(self) -> float:
+        return self.finished / self.total if self.total else 1.0
+
+    @property
+    def done(self) -> bool:
+        return self.finished == self.total
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,7 @@ class App:
         self.dead_retention = dead_retention
         self.pool_size = pool_size
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
         self._apool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._apool_loop: asyncio.AbstractEventLoop | None = None
@@ -151,6 +197,57 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(self, cron: str, *, timezone: str = "UTC", name: str | None = None, args: Sequence[Any] = (),
+                 kwargs: dict[str, Any] | None = None, missed: str = "once", max_catchup: int = 100
+                 ) -> Callable[[Task[P, R]], Task[P, R]]:
+        """Run a task on a cron schedule; goes above ``@app.task``::
+
+            @app.periodic(cron="*/5 * * * *", timezone="Europe/Berlin")
+            @app.task()
+            def sweep() -> None: ...
+
+        A bad expression or time zone raises ValidationError here, when the module is imported. ``missed``
+        decides what happens to ticks missed while no worker ran: "skip", "once" (default) or "all".
+        """
+        check_cron(cron)
+        check_timezone(timezone)
+
+        def register(task: Task[P, R]) -> Task[P, R]:
+            if not isinstance(task, Task):
+                raise ValidationError("@app.periodic(...) goes above @app.task(...), on a task")
+            task.check_arguments(list(args), kwargs or {})
+            schedule = Schedule(name=name or task.name, cron=cron, task=task.name, timezone=timezone,
+                                args=tuple(args), kwargs=kwargs, queue=task.queue, priority=task.priority,
+                                max_attempts=task.max_attempts, missed=missed, max_catchup=max_catchup)
+            if schedule.name in self.schedules:
+                raise ValidationError(f"schedule {schedule.name!r} is declared twice; give one of them name=...")
+            self.schedules[schedule.name] = schedule
+            return task
+
+        return register
+
+    def sync_schedules(self) -> None:
+        """Mirror this app's ``@app.periodic`` schedules into the database (workers do it when they start)."""
+        for schedule in self.schedules.values():
+            self._fetch("schedule_upsert", schedule.params("code"))
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Add (or replace) a schedule kept in the database, as ``pgqueue cron add`` does."""
+        if self.tasks and schedule.task not in self.tasks:
+            self.get_task(schedule.task)
+        self._fetch("schedule_upsert", schedule.params("cli"))
+
+    def list_schedules(self) -> list[ScheduleRow]:
+        return [ScheduleRow.from_row(row) for row in self._fetch("schedule_list", {})]
+
+    def remove_schedule(self, name: str) -> None:
+        if not self._fetch("schedule_delete", {"name": name}):
+            raise JobNotFound(f"no schedule named {name!r}")
+
+    def pause_schedule(self, name: str, paused: bool = True) -> None:
+        if not self._fetch("schedule_set_paused", {"name": name, "paused": paused}):
+            raise JobNotFound(f"no schedule named {name!r}")
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:
@@ -243,6 +340,12 @@ class App:
             "delay": options.delay,
             "args": args_text,
             "kwargs": kwargs_text,
+            "group_key": check_key(options.group, "group", 200),
+            "unique_key": check_key(options.unique_key, "unique_key", 500),
+            "batch_id": options.batch_id,
+            "depends_on": options.parent_ids,
+            "on_parent_failure": options.on_parent_failure,
+            "window": options.unique_for or 0.0,
         }
 
     @staticmethod
@@ -256,22 +359,28 @@ class App:
     def _enqueue(self, task: Task[Any, Any] | None, args: Sequence[Any], kwargs: dict[str, Any],
                  options: EnqueueOptions, conn: psycopg.Connection[Any] | None, name: str | None = None) -> Job:
         params = self._insert_params(task, name or task.name if task else name or "", args, kwargs, options)
-        rows = self._fetch("job_insert", params, conn)
-        return self._inserted(params, args, kwargs, rows[0])
+        if conn is not None:
+            row = _insert_one(conn, params)
+        else:
+            with self.connection() as pooled:
+                row = _insert_one(pooled, params)
+        if params["unique_key"] is not None:
+            return self.job(row[0], conn=conn)  # it may be the job that already held the key
+        return self._inserted(params, args, kwargs, row)
 
     async def _enqueue_async(self, task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any],
                              options: EnqueueOptions, conn: psycopg.AsyncConnection[Any] | None) -> Job:
         params = self._insert_params(task, task.name, args, kwargs, options)
         if conn is not None:
-            rows = await _run_async(conn, "job_insert", params)
+            row = await _insert_one_async(conn, params)
         else:
             try:
                 async with (await self._async_pool()).connection() as pooled:
-                    rows = await _run_async(pooled, "job_insert", params)
+                    row = await _insert_one_async(pooled, params)
             except psycopg_pool.PoolTimeout as err:
                 raise DatabaseUnavailable(f"no connection to PostgreSQL at {describe(self.dsn)} "
                                           "within 10 s") from err
-        return self._inserted(params, args, kwargs, rows[0])
+        return self._inserted(params, args, kwargs, row)
 
     def _enqueue_many(self, task: Task[Any, Any], calls: list[Call], conn: psycopg.Connection[Any] | None
                       ) -> list[Job]:
@@ -281,14 +390,18 @@ class App:
         for p in rows_params:
             if p["delay"] is not None:
                 raise ValidationError("enqueue_many takes run_at, not delay, per job")
-        columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "max_attempts")
+            if p["unique_key"] is not None or p["depends_on"] is not None:
+                raise ValidationError("unique_key and depends_on need enqueue (one job each), not enqueue_many")
+        columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "max_attempts", "group_key", "batch_id")
         params = {col: [p[col] for p in rows_params] for col in columns}
         rows = sorted(self._fetch("job_insert_many", params, conn))
         return [self._inserted(p, c.args, c.kwargs, row) for p, c, row in zip(rows_params, calls, rows, strict=True)]
 
     def enqueue(self, task: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
                 queue: str | None = None, priority: int | None = None, run_at: datetime | None = None,
-                delay: float | None = None, max_attempts: int | None = None,
+                delay: float | None = None, max_attempts: int | None = None, group: str | None = None,
+                unique_key: str | None = None, unique_for: float | None = None,
+                depends_on: Sequence[Any] | None = None, on_parent_failure: str = "cancel",
                 conn: psycopg.Connection[Any] | None = None) -> Job:
         """Enqueue by task name, for producers that do not import the handler's code::
 
@@ -298,18 +411,19 @@ class App:
         """
         check_task_name(task)
         registered = self.get_task(task) if self.tasks else None
-        options = EnqueueOptions(queue, priority, run_at, delay, max_attempts)
+        options = EnqueueOptions(queue, priority, run_at, delay, max_attempts, group, unique_key, unique_for,
+                                 depends_on, on_parent_failure)
         return self._enqueue(registered, list(args), dict(kwargs or {}), options, conn, name=task)
 
     # -- reading and managing jobs ---------------------------------------------------------------------------
 
     def job(self, job_id: int, *, conn: psycopg.Connection[Any] | None = None) -> Job:
-        """A job with its errors, wherever it is in its life. Raises JobNotFound."""
-        rows = self._fetch("job_get", {"id": job_id}, conn)
-        if not rows:
-            raise JobNotFound(f"no job with id {job_id}")
-        errors = tuple(JobError(*row) for row in self._fetch("job_errors_get", {"id": job_id}, conn))
-        return Job.from_row(rows[0], errors)
+        """A job with its errors, wherever it is in its life, read from one snapshot. Raises JobNotFound."""
+        if conn is not None:
+            return _read_job(conn, job_id)
+        with self.connection() as pooled, pooled.transaction():
+            _run(pooled, "snapshot_consistent", {})
+            return _read_job(pooled, job_id)
 
     def jobs(self, *, queue: str | None = None, state: JobState | str | None = None, task: str | None = None,
              limit: int = 50, conn: psycopg.Connection[Any] | None = None) -> list[Job]:
@@ -319,8 +433,10 @@ class App:
         return [Job.from_row(row) for row in self._fetch("job_list", params, conn)]
 
     def cancel(self, job_id: int, *, conn: psycopg.Connection[Any] | None = None) -> bool:
-        """Cancel a scheduled or queued job so it never runs. False if it had already started or finished."""
-        if self._fetch("job_cancel", {"id": job_id}, conn):
+        """Cancel a job. One that has not started (waiting, scheduled, queued) never runs; a running one is asked
+        to stop (its handler sees ``ctx.cancelled``, or an async one a CancelledError) and ends ``cancelled``.
+        False if it had already finished."""
+        if self._fetch("job_cancel", {"id": job_id}, conn) or self._fetch("job_cancel_running", {"id": job_id}, conn):
             return True
         self.job(job_id, conn=conn)  # JobNotFound if there is no such job
         return False
@@ -382,11 +498,93 @@ class App:
             if deleted < batch:
                 return total
 
+    def parent_results(self, job_id: int) -> dict[int, Any]:
+        """The results of the parents of ``job_id`` (its ``depends_on``), by parent id."""
+        rows = self._fetch("job_parent_results", {"id": job_id})
+        return {parent: None if result is None else json.loads(result) for parent, result in rows}
+
+    # -- queues ------------------------------------------------------------------------------------------------
+
+    def pause_queue(self, queue: str) -> None:
+        """Stop claims from ``queue`` (running jobs finish). Takes effect at the next claim of every worker."""
+        self._fetch("queue_set_paused", {"queue": check_queue(queue), "paused": True})
+
+    def resume_queue(self, queue: str) -> None:
+        self._fetch("queue_set_paused", {"queue": check_queue(queue), "paused": False})
+
+    def configure_queue(self, queue: str, *, concurrency: int | None = None, rate: tuple[int, float] | None = None,
+                        group_concurrency: int | None = None, group_rate: tuple[int, float] | None = None,
+                        fair: bool = False, priority_aging: float | None = None) -> QueueSettings:
+        """Set a queue's limits, replacing the previous ones (None: no limit)::
+
+            app.configure_queue("api", concurrency=5, rate=(100, 60))     # 5 at once, 100 starts a minute
+            app.configure_queue("reports", fair=True, group_concurrency=1)  # one at a time per group
+
+        Limits are enforced at claim time in the database, across all workers and hosts.
+        """
+        def count(value: int | None, what: str) -> int | None:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValidationError(f"{what} must be a whole number >= 0, got {value!r}")
+            return value
+
+        def per(value: tuple[int, float] | None, what: str) -> tuple[int | None, float | None]:
+            if value is None:
+                return None, None
+            limit, period = value
+            if not (isinstance(period, int | float) and period > 0):
+                raise ValidationError(f"{what} period must be a positive number of seconds, got {period!r}")
+            return count(limit, f"{what} limit"), float(period)
+
+        rate_limit, rate_period = per(rate, "rate")
+        group_rate_limit, group_rate_period = per(group_rate, "group_rate")
+        if priority_aging is not None and not priority_aging > 0:
+            raise ValidationError(f"priority_aging must be a positive number of seconds, got {priority_aging!r}")
+        params = {"queue": check_queue(queue), "concurrency": count(concurrency, "concurrency"),
+                  "rate_limit": rate_limit, "rate_period": rate_period,
+                  "group_concurrency": count(group_concurrency, "group_concurrency"),
+                  "group_rate_limit": group_rate_limit, "group_rate_period": group_rate_period, "fair": bool(fair),
+                  "priority_aging": priority_aging}
+        return QueueSettings(*self._fetch("queue_configure", params)[0])
+
+    def queues(self) -> list[QueueSettings]:
+        """Every queue with settings (paused, limits, fairness)."""
+        return [QueueSettings(*row) for row in self._fetch("queue_settings_list", {})]
+
+    def set_group_weight(self, queue: str, group: str, weight: float) -> None:
+        """Give ``group`` a bigger (or smaller) share of a fair queue: weight 2 gets twice the claims of 1."""
+        if not (isinstance(weight, int | float) and weight > 0):
+            raise ValidationError(f"weight must be a positive number, got {weight!r}")
+        self._fetch("group_set_weight", {"queue": check_queue(queue), "group_key": check_key(group, "group", 200),
+                                         "weight": float(weight)})
+
+    # -- batches -----------------------------------------------------------------------------------------------
+
+    def create_batch(self, name: str, calls: Sequence[Call], *, on_complete: Call | None = None,
+                     conn: psycopg.Connection[Any] | None = None) -> Batch:
+        """Enqueue ``calls`` (``task.call(...)``) as one named batch; see ``pgqueue.workflow``."""
+        return create_batch(self, name, calls, on_complete=on_complete, conn=conn)
+
+    def batch(self, batch_id: int) -> BatchInfo:
+        """A batch's counts per state and progress. Raises JobNotFound if there is no such batch."""
+        rows = self._fetch("batch_get", {"id": batch_id})
+        if not rows:
+            raise JobNotFound(f"no batch with id {batch_id}")
+        id_, name, total, callback_job_id, created_at, counts = rows[0]
+        return BatchInfo(id_, name, total, dict(counts or {}), callback_job_id, created_at)
+
     def migrate(self) -> list[int]:
         """Apply pending schema migrations; returns the versions applied."""
         from pgqueue.migrate import migrate
 
         return migrate(self.dsn)
+
+
+def _read_job(conn: psycopg.Connection[Any], job_id: int) -> Job:
+    rows = _run(conn, "job_get", {"id": job_id})
+    if not rows:
+        raise JobNotFound(f"no job with id {job_id}")
+    errors = tuple(JobError(*row) for row in _run(conn, "job_errors_get", {"id": job_id}))
+    return Job.from_row(rows[0], errors)
 
 
 def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -406,3 +604,37 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], name: str, params: dict
         return await cur.fetchall() if cur.description else []
     except psycopg.Error as err:
         raise from_psycopg(err) from err
+
+
+# How many times an enqueue with a unique key retries when the key's holder finishes under its feet.
+_UNIQUE_ATTEMPTS = 5
+
+
+def _insert_one(conn: psycopg.Connection[Any], params: dict[str, Any]) -> tuple[Any, ...]:
+    """Insert one job by the path its options need; returns (id, state, scheduled_for, created_at)."""
+    if params["depends_on"] is not None:
+        return _run(conn, "job_insert_dependent", params)[0]
+    if params["unique_key"] is None:
+        return _run(conn, "job_insert", params)[0]
+    for _ in range(_UNIQUE_ATTEMPTS):
+        # A job that finished within the window holds the key as much as a live one. Otherwise the insert waits
+        # for a concurrent holder to commit or roll back, and the next statement (a fresh snapshot) sees it.
+        rows = (params["window"] and _run(conn, "job_unique_holder", params)) \
+            or _run(conn, "job_insert_unique", params) or _run(conn, "job_unique_holder", params)
+        if rows:
+            return rows[0]
+    raise ValidationError(f"unique key {params['unique_key']!r} kept changing hands; try again")
+
+
+async def _insert_one_async(conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> tuple[Any, ...]:
+    if params["depends_on"] is not None:
+        return (await _run_async(conn, "job_insert_dependent", params))[0]
+    if params["unique_key"] is None:
+        return (await _run_async(conn, "job_insert", params))[0]
+    for _ in range(_UNIQUE_ATTEMPTS):
+        rows = ((params["window"] and await _run_async(conn, "job_unique_holder", params))
+                or await _run_async(conn, "job_insert_unique", params)
+                or await _run_async(conn, "job_unique_holder", params))
+        if rows:
+            return rows[0]
+    raise ValidationError(f"unique key {params['unique_key']!r} kept changing hands; try again")

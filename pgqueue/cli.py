@@ -37,7 +37,13 @@ dlq_cli = typer.Typer(no_args_is_help=True, help="The dead-letter queue: list, s
 embedded_cli = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL used when no DSN is given.")
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(dlq_cli, name="dlq")
+queue_cli = typer.Typer(no_args_is_help=True, help="Queues: list, pause, resume, set limits.")
+cron_cli = typer.Typer(no_args_is_help=True, help="Cron schedules: list, add, remove, pause, resume.")
+batch_cli = typer.Typer(no_args_is_help=True, help="Batches of jobs: progress and counts.")
 cli.add_typer(embedded_cli, name="embedded")
+cli.add_typer(queue_cli, name="queue")
+cli.add_typer(cron_cli, name="cron")
+cli.add_typer(batch_cli, name="batch")
 cli.add_typer(web_cli.token_cli, name="token")
 cli.command()(web_cli.serve)
 
@@ -192,12 +198,7 @@ def enqueue(
                                                  help="Check the task and its arguments against this app.")] = None,
 ) -> None:
     """Enqueue one job and print its id."""
-    try:
-        payload = json.loads(_read_args(args))
-    except ValueError as err:
-        raise ValidationError(f"--args is not valid JSON: {err}") from err
-    if not isinstance(payload, dict | list):
-        raise ValidationError("--args must be a JSON object (keyword arguments) or array (positional arguments)")
+    payload = _parse_args(args)
     when = None
     if run_at is not None:
         try:
@@ -209,6 +210,17 @@ def enqueue(
                       payload if isinstance(payload, dict) else {}, queue=queue, priority=priority, run_at=when,
                       delay=parse_duration(delay).total_seconds() if delay else None, max_attempts=max_attempts)
     typer.echo(f"enqueued job {job.id} ({job.task} on queue {job.queue}, {job.state.value})")
+
+
+def _parse_args(value: str) -> list[Any] | dict[str, Any]:
+    """--args: a JSON object (keyword arguments) or array (positional), inline, @FILE or - for stdin."""
+    try:
+        payload = json.loads(_read_args(value))
+    except (ValueError, RecursionError) as err:
+        raise ValidationError(f"--args is not valid JSON: {err}") from err
+    if not isinstance(payload, dict | list):
+        raise ValidationError("--args must be a JSON object (keyword arguments) or array (positional arguments)")
+    return payload
 
 
 def _read_args(value: str) -> str:
@@ -248,7 +260,8 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Show one job with its arguments, result and every failed attempt."""
     job = _app().job(job_id)
     for key in ("id", "task", "queue", "state", "priority", "attempt", "max_attempts", "created_at",
-                "scheduled_for", "started_at", "finished_at", "lease_expires_at", "worker_id"):
+                "scheduled_for", "started_at", "finished_at", "lease_expires_at", "worker_id", "group_key",
+                "unique_key", "batch_id", "progress", "progress_message"):
         value = getattr(job, key)
         typer.echo(f"{key:>16}: {value.value if isinstance(value, JobState) else _cell(value)}")
     typer.echo(f"{'args':>16}: {json.dumps(job.args)}")
@@ -263,11 +276,14 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
 
 @jobs_cli.command("cancel")
 def jobs_cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
-    """Cancel a job that has not started yet."""
-    if _app().cancel(job_id):
-        typer.echo(f"cancelled job {job_id}")
+    """Cancel a job: one that has not started never runs; a running one is asked to stop."""
+    app = _app()
+    if app.cancel(job_id):
+        state = app.job(job_id).state.value
+        typer.echo(f"cancelled job {job_id}" if state == "cancelled" else
+                   f"asked the worker running job {job_id} to cancel it")
     else:
-        raise ValidationError(f"job {job_id} has already started or finished; it was not cancelled")
+        raise ValidationError(f"job {job_id} has already finished; it was not cancelled")
 
 
 @jobs_cli.command("retry")
@@ -380,6 +396,134 @@ def embedded_status() -> None:
     """Say whether the embedded PostgreSQL runs, and its DSN."""
     dsn = embedded.running_dsn()
     typer.echo(f"running: {dsn}" if dsn else f"not running (data folder {embedded.home()})")
+
+
+# -- queues -----------------------------------------------------------------------------------------------------
+
+def _rate(text: str | None, what: str) -> tuple[int, float] | None:
+    """'100/60s' or '100/1m': at most 100 starts per 60 seconds."""
+    if text is None:
+        return None
+    count, sep, period = text.partition("/")
+    if not sep or not count.strip().isdigit():
+        raise ValidationError(f"invalid {what} {text!r}: write starts/period, like 100/1m or 5/1s")
+    return int(count), parse_duration(period).total_seconds()
+
+
+@queue_cli.command("list")
+def queue_list() -> None:
+    """Queues with settings: paused, limits, fairness."""
+    _table(["queue", "paused", "concurrency", "rate", "group_conc", "group_rate", "fair", "aging"],
+           [(s.name, s.paused, s.concurrency_limit,
+             f"{s.rate_limit}/{s.rate_period:g}s" if s.rate_limit is not None else None,
+             s.group_concurrency_limit,
+             f"{s.group_rate_limit}/{s.group_rate_period:g}s" if s.group_rate_limit is not None else None,
+             s.fair, s.priority_aging) for s in _app().queues()])
+
+
+@queue_cli.command("pause")
+def queue_pause(name: Annotated[str, typer.Argument(help="Queue name.")]) -> None:
+    """Stop claiming from a queue; running jobs finish."""
+    _app().pause_queue(name)
+    typer.echo(f"paused queue {name}")
+
+
+@queue_cli.command("resume")
+def queue_resume(name: Annotated[str, typer.Argument(help="Queue name.")]) -> None:
+    """Claim from a paused queue again."""
+    _app().resume_queue(name)
+    typer.echo(f"resumed queue {name}")
+
+
+@queue_cli.command("limit")
+def queue_limit(
+    name: Annotated[str, typer.Argument(help="Queue name.")],
+    concurrency: Annotated[int | None, typer.Option(help="At most N running at once, across all workers.")] = None,
+    rate: Annotated[str | None, typer.Option(help="At most N starts per period, e.g. 100/1m.")] = None,
+    group_concurrency: Annotated[int | None, typer.Option(help="At most N running at once per group.")] = None,
+    group_rate: Annotated[str | None, typer.Option(help="At most N starts per period per group.")] = None,
+    fair: Annotated[bool, typer.Option(help="Share claims fairly between groups.")] = False,
+    priority_aging: Annotated[str | None, typer.Option(help="Raise a queued job's priority by one per this "
+                                                        "long waiting, e.g. 5m.")] = None,
+) -> None:
+    """Set a queue's limits (replacing its previous ones); no option: remove every limit."""
+    aging = parse_duration(priority_aging).total_seconds() if priority_aging else None
+    settings = _app().configure_queue(name, concurrency=concurrency, rate=_rate(rate, "--rate"),
+                                      group_concurrency=group_concurrency,
+                                      group_rate=_rate(group_rate, "--group-rate"), fair=fair,
+                                      priority_aging=aging)
+    typer.echo(f"queue {settings.name}: concurrency={settings.concurrency_limit} rate={rate} "
+               f"group_concurrency={settings.group_concurrency_limit} group_rate={group_rate} fair={settings.fair}")
+
+
+# -- cron -------------------------------------------------------------------------------------------------------
+
+@cron_cli.command("list")
+def cron_list() -> None:
+    """Every schedule with its next tick."""
+    from datetime import timezone as tz
+
+    now = datetime.now(tz.utc)
+    rows = _app().list_schedules()
+    _table(["name", "cron", "timezone", "task", "queue", "missed", "paused", "source", "last_tick", "next_tick"],
+           [(r.name, r.cron, r.timezone, r.task, r.queue, r.missed, r.paused, r.source, r.last_tick_at,
+             None if r.paused else r.next_tick(now)) for r in rows])
+
+
+@cron_cli.command("add")
+def cron_add(
+    name: Annotated[str, typer.Argument(help="Schedule name.")],
+    cron: Annotated[str, typer.Option(help="Cron expression, e.g. '*/5 * * * *'.")],
+    task: Annotated[str, typer.Option(help="Task to enqueue at each tick.")],
+    args: Annotated[str, typer.Option("--args", help="JSON object (keyword args) or array (positional).")] = "{}",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of the expression.")] = "UTC",
+    queue: Annotated[str, typer.Option(help="Queue of the jobs.")] = "default",
+    priority: Annotated[int, typer.Option(help="Priority of the jobs.")] = 0,
+    missed: Annotated[str, typer.Option(help="Ticks missed while down: skip, once or all.")] = "once",
+) -> None:
+    """Add (or replace) a schedule kept in the database."""
+    from pgqueue.periodic import Schedule
+
+    payload = _parse_args(args)
+    schedule = Schedule(name=name, cron=cron, task=task, timezone=timezone, queue=queue, priority=priority,
+                        missed=missed, args=tuple(payload) if isinstance(payload, list) else (),
+                        kwargs=payload if isinstance(payload, dict) else None)
+    _app().add_schedule(schedule)
+    typer.echo(f"added schedule {name}: {schedule.cron} ({timezone}) -> {task}")
+
+
+@cron_cli.command("remove")
+def cron_remove(name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
+    """Delete a schedule."""
+    _app().remove_schedule(name)
+    typer.echo(f"removed schedule {name}")
+
+
+@cron_cli.command("pause")
+def cron_pause(name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
+    """Stop a schedule's ticks until resumed."""
+    _app().pause_schedule(name, True)
+    typer.echo(f"paused schedule {name}")
+
+
+@cron_cli.command("resume")
+def cron_resume(name: Annotated[str, typer.Argument(help="Schedule name.")]) -> None:
+    """Resume a paused schedule (its missed policy decides about ticks missed meanwhile)."""
+    _app().pause_schedule(name, False)
+    typer.echo(f"resumed schedule {name}")
+
+
+# -- batches ----------------------------------------------------------------------------------------------------
+
+@batch_cli.command("show")
+def batch_show(batch_id: Annotated[int, typer.Argument(help="Batch id.")]) -> None:
+    """A batch's progress and counts per state."""
+    info = _app().batch(batch_id)
+    typer.echo(f"batch {info.id} {info.name!r}: {info.finished}/{info.total} finished ({info.progress:.0%})"
+               + (f", callback job {info.callback_job_id}" if info.callback_job_id else ""))
+    for state in ("waiting", "scheduled", "queued", "running", "succeeded", "dead", "cancelled"):
+        if info.counts.get(state):
+            typer.echo(f"  {state:<10} {info.counts[state]:>8}")
 
 
 # -- entry point ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import functools
 import json
 import traceback
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,7 +56,7 @@ class ClaimedJob:
 class Outcome:
     """What became of one attempt."""
 
-    state: str  # succeeded | retry | dead
+    state: str  # succeeded | retry | dead | cancelled
     result: str | None = None
     delay: float = 0.0
     kind: str = "error"  # error | timeout
@@ -68,7 +69,8 @@ class Outcome:
         params = {"id": job.id, "attempt": job.attempt, "worker_id": worker_id, "kind": self.kind,
                   "error_type": self.error_type, "message": self.message, "traceback": self.traceback,
                   "delay": self.delay}
-        return ("job_retry" if self.state == "retry" else "job_dead"), params
+        names = {"retry": "job_retry", "dead": "job_dead", "cancelled": "job_cancelled"}
+        return names[self.state], params
 
 
 @dataclass
@@ -90,6 +92,11 @@ async def _overran(job: ClaimedJob, timeout: float, backoff: Backoff, running: a
     return Execution(outcome)
 
 
+def context_for(app: App, job: ClaimedJob, worker_id: uuid.UUID) -> Context:
+    return Context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
+                   max_attempts=job.max_attempts, worker_id=worker_id, app=app)
+
+
 def _failure(job: ClaimedJob, err: BaseException, backoff: Backoff, *, kind: str = "error",
              fatal: bool = False, delay: float | None = None) -> Outcome:
     out_of_attempts = job.attempt >= job.max_attempts
@@ -103,8 +110,14 @@ def _failure(job: ClaimedJob, err: BaseException, backoff: Backoff, *, kind: str
                    traceback=tb)
 
 
-async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Executor) -> Execution:
-    """Run ``job``'s handler once and classify the result. Never raises, except CancelledError."""
+async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Executor, *,
+                  ctx: Context | None = None,
+                  started: Callable[[asyncio.Future[Any]], None] | None = None) -> Execution:
+    """Run ``job``'s handler once and classify the result. Never raises, except CancelledError.
+
+    ``ctx`` is the context to hand a handler that takes one (made here if not given); ``started`` learns the
+    handler's future, so the caller can cancel an async handler.
+    """
     task = app.tasks.get(job.task)
     if task is None:
         # Not fatal: during a rolling deploy the next worker to claim it may know the task.
@@ -115,8 +128,7 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
     except ValueError as err:
         return Execution(_failure(job, err, task.backoff))
     if task.takes_context:
-        ctx = Context(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
-                      max_attempts=job.max_attempts, worker_id=worker_id, app=app)
+        ctx = ctx or context_for(app, job, worker_id)
         args = [ctx, *args]
     loop = asyncio.get_running_loop()
     try:
@@ -124,6 +136,8 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
             running: asyncio.Future[Any] = asyncio.ensure_future(task.fn(*args, **kwargs))
         else:
             running = loop.run_in_executor(threads, functools.partial(task.fn, *args, **kwargs))
+        if started is not None:
+            started(running)
         if task.timeout is None:
             value = await running
         else:

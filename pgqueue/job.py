@@ -26,8 +26,10 @@ _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 
 
 class JobState(str, Enum):
-    """Where a job is in its life. Live: scheduled, queued, running. Finished: succeeded, dead, cancelled."""
+    """Where a job is in its life. Live: waiting, scheduled, queued, running. Finished: succeeded, dead,
+    cancelled."""
 
+    WAITING = "waiting"  # for its parents (depends_on) to finish
     SCHEDULED = "scheduled"  # waiting for its time or a retry delay
     QUEUED = "queued"  # ready to be claimed
     RUNNING = "running"  # claimed by a worker, lease held
@@ -80,20 +82,27 @@ class Job:
     worker_id: uuid.UUID | None = None
     result: Any = None
     lease_expires_at: datetime | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    group_key: str | None = None
+    unique_key: str | None = None
+    batch_id: int | None = None
     errors: tuple[JobError, ...] = field(default=())
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...], errors: tuple[JobError, ...] = ()) -> Job:
         """Build from the column order of the job_get / job_list queries."""
         (id_, queue, task, args, kwargs, priority, state, attempt, max_attempts, scheduled_for, created_at,
-         started_at, finished_at, worker_id, result, lease_expires_at) = row
+         started_at, finished_at, worker_id, result, lease_expires_at, progress, progress_message, group_key,
+         unique_key, batch_id) = row
         return cls(
             id=id_, queue=queue, task=task, args=json.loads(args), kwargs=json.loads(kwargs),
             priority=priority, state=JobState(state), attempt=attempt, max_attempts=max_attempts,
             scheduled_for=scheduled_for, created_at=created_at, started_at=started_at,
             finished_at=finished_at, worker_id=worker_id,
             result=None if result is None else json.loads(result), lease_expires_at=lease_expires_at,
-            errors=errors,
+            progress=progress, progress_message=progress_message, group_key=group_key, unique_key=unique_key,
+            batch_id=batch_id, errors=errors,
         )
 
 
@@ -149,4 +158,15 @@ def check_priority(priority: Any) -> int:
 def check_max_attempts(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
         raise ValidationError(f"max_attempts must be an integer from 1 to 1000000, got {value!r}")
+    return value
+
+
+def check_key(value: Any, what: str, limit: int) -> str | None:
+    """A group or unique key: None, or a non-empty string of at most ``limit`` bytes."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value.encode("utf-8", "surrogatepass")) > limit \
+            or "\x00" in value:
+        raise ValidationError(f"{what} must be a non-empty string of at most {limit} bytes without NUL, "
+                              f"got {value!r:.80}")
     return value

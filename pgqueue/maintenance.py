@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from pgqueue.connection import DedicatedConnection
 from pgqueue.errors import PgQueueError
+from pgqueue.periodic import due_ticks, plan
 from pgqueue.queries import q
 
 log = logging.getLogger("pgqueue.maintenance")
@@ -27,6 +29,8 @@ LOCK_PROMOTE = 0x70677175_00000001
 LOCK_REAP = 0x70677175_00000002
 LOCK_WORKERS = 0x70677175_00000003
 LOCK_PRUNE = 0x70677175_00000004
+LOCK_CRON = 0x70677175_00000005
+LOCK_AGING = 0x70677175_00000006
 
 SWEEP_LIMIT = 1000
 
@@ -40,6 +44,9 @@ class MaintenanceConfig:
     retention: timedelta | None = timedelta(days=7)
     dead_retention: timedelta | None = None
     prune_interval: float = 600.0
+    schedules: list[str] = field(default_factory=list)  # names of the app's @app.periodic schedules
+    cron_interval: float = 1.0
+    aging_interval: float = 5.0
 
 
 class Maintenance:
@@ -79,9 +86,29 @@ class Maintenance:
         self.reclaimed += total
         return total
 
+    async def tick_schedules(self) -> int:
+        """Enqueue the due ticks of every schedule; returns how many jobs that made."""
+        rows = await self._conn.fetch_locked(LOCK_CRON, q("schedule_due"), {"code_names": self._config.schedules})
+        made = 0
+        for name, cron, zone, missed, max_catchup, last_tick, now in rows or ():
+            ticks = due_ticks(cron, zone, last_tick, now, max_catchup)
+            if not ticks:
+                continue
+            chosen = plan(missed, ticks, now)
+            created = await self._conn.fetch(q("schedule_tick_enqueue"), {
+                "name": name, "new_last": ticks[-1], "expected_last": last_tick, "ticks": chosen})
+            made += len(created)
+        return made
+
+    async def age_priorities(self) -> None:
+        await self._conn.fetch_locked(LOCK_AGING, q("queue_priority_aging"))
+
     async def forget_stale_workers(self) -> None:
+        """Forget dead workers; also drop rate-limit starts and cron tick rows nothing needs any more."""
         await self._conn.fetch_locked(LOCK_WORKERS, q("worker_prune_stale"),
                                       {"stale_after": self._config.stale_worker_after})
+        await self._conn.fetch(q("rate_starts_prune"))
+        await self._conn.fetch(q("schedule_ticks_prune"))
 
     async def prune(self) -> int:
         """Apply the retention settings: finished jobs older than them are deleted, a slice at a time."""
@@ -102,24 +129,27 @@ class Maintenance:
     async def run(self, stopping: asyncio.Event) -> None:
         """Run every sweep on its own cadence until ``stopping`` is set."""
         cfg = self._config
-        due = {"reap": 0.0, "workers": 0.0, "prune": time.monotonic() + cfg.prune_interval / 10}
+        # (sweep, interval, first run): promotion runs every loop; these on their own cadence.
+        sweeps: list[tuple[Callable[[], Awaitable[object]], float, float]] = [
+            (self.reap, cfg.reap_interval, 0.0),
+            (self.forget_stale_workers, cfg.workers_interval, 0.0),
+            (self.prune, cfg.prune_interval, cfg.prune_interval / 10),
+            (self.tick_schedules, cfg.cron_interval, 0.0),
+            (self.age_priorities, cfg.aging_interval, 0.0),
+        ]
+        start = time.monotonic()
+        due = [start + first for _, _, first in sweeps]
         while not stopping.is_set():
             sleep_for = cfg.promote_interval
             try:
                 sleep_for = await self.promote()
-                now = time.monotonic()
-                if now >= due["reap"]:
-                    await self.reap()
-                    due["reap"] = now + cfg.reap_interval
-                if now >= due["workers"]:
-                    await self.forget_stale_workers()
-                    due["workers"] = now + cfg.workers_interval
-                if now >= due["prune"]:
-                    await self.prune()
-                    due["prune"] = now + cfg.prune_interval
+                for i, (sweep, interval, _) in enumerate(sweeps):
+                    if time.monotonic() >= due[i]:
+                        await sweep()
+                        due[i] = time.monotonic() + interval
             except PgQueueError as err:
                 log.warning("maintenance sweep failed, will retry: %s", err)
                 sleep_for = min(cfg.promote_interval * 2, 5.0)
-            sleep_for = min(sleep_for, max(0.005, due["reap"] - time.monotonic()))
+            sleep_for = min(sleep_for, max(0.005, min(due) - time.monotonic()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=sleep_for)

@@ -23,11 +23,16 @@ from pgqueue.queries import q
 log = logging.getLogger("pgqueue.notifier")
 
 CHANNEL = "pgqueue_jobs"
+CONTROL_CHANNEL = "pgqueue_control"
 
 
 class Notifier:
-    def __init__(self, dsn: str, on_notify: Callable[[str | None], None]) -> None:
-        """``on_notify(queue)`` is called per notification, and with None after (re)connecting."""
+    def __init__(self, dsn: str, on_notify: Callable[[str, str | None], None]) -> None:
+        """``on_notify(channel, payload)`` is called per notification, and (CHANNEL, None) after (re)connecting.
+
+        Channels: ``pgqueue_jobs`` (payload: a queue with new work) and ``pgqueue_control`` (``cancel:<job id>``,
+        ``queues:<name>`` when a queue's settings change).
+        """
         self._dsn = dsn
         self._on_notify = on_notify
         self.listening = asyncio.Event()
@@ -44,9 +49,9 @@ class Notifier:
                     log.info("listening again after a lost connection")
                 self.listening.set()
                 delay = 0.05
-                self._on_notify(None)  # anything enqueued while we were not listening
+                self._on_notify(CHANNEL, None)  # anything enqueued while we were not listening
                 async for notification in conn.notifies():
-                    self._on_notify(notification.payload)
+                    self._on_notify(notification.channel, notification.payload)
             except (psycopg.Error, PgQueueError) as err:
                 if self.listening.is_set():
                     log.warning("LISTEN connection lost (%s); falling back to polling until it is back", err)

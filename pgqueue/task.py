@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 # Per-enqueue options accepted as keywords by Task.enqueue when the handler has no parameter of that name.
-OPTION_NAMES = frozenset({"conn", "queue", "priority", "run_at", "delay", "max_attempts"})
+OPTION_NAMES = frozenset({"conn", "queue", "priority", "run_at", "delay", "max_attempts", "group", "unique_key",
+                          "unique_for", "depends_on", "on_parent_failure"})
 
 
 @dataclass
@@ -28,8 +30,12 @@ class Context:
     """What a handler that asks for it (first parameter ``ctx: Context``) learns about its job::
 
         @app.task()
-        def resize(ctx: pgqueue.Context, image_id: int) -> None:
-            log.info("job %s attempt %s", ctx.job_id, ctx.attempt)
+        def resize(ctx: pgqueue.Context, image_ids: list[int]) -> None:
+            for i, image in enumerate(image_ids):
+                if ctx.cancelled:          # someone ran `pgqueue jobs cancel` / app.cancel(): stop cleanly
+                    return
+                ...
+                ctx.progress((i + 1) / len(image_ids), f"resized {i + 1}/{len(image_ids)}")
     """
 
     job_id: int
@@ -39,17 +45,49 @@ class Context:
     max_attempts: int
     worker_id: uuid.UUID
     app: App
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _progress: tuple[float, str | None] | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation of this running job was requested; the job will end ``cancelled``."""
+        return self._cancel.is_set()
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress (0.0-1.0, and a short message); shown by ``jobs show`` and ``app.job()``.
+
+        Cheap to call often: the latest value goes out with the worker's next heartbeat.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction <= 1:
+            raise ValidationError(f"progress must be a number from 0 to 1, got {fraction!r}")
+        self._progress = (float(fraction), None if message is None else str(message)[:500])
+
+    def parent_results(self) -> dict[int, Any]:
+        """The results of the jobs this one depended on (``depends_on``), by job id."""
+        return self.app.parent_results(self.job_id)
 
 
 @dataclass(frozen=True)
 class EnqueueOptions:
-    """Per-job overrides of a task's defaults; None keeps the default."""
+    """Per-job overrides of a task's defaults; None keeps the default.
+
+    ``group``: the job's group within its queue (a tenant, an API host) for fairness and per-group limits.
+    ``unique_key``: while a job with this key is unfinished (and ``unique_for`` seconds after it finished),
+    enqueueing returns that job instead of a new one. ``depends_on``: jobs (or ids) that must finish first;
+    ``on_parent_failure``: "cancel" (default) or "run" when a parent ends dead or cancelled.
+    """
 
     queue: str | None = None
     priority: int | None = None
     run_at: datetime | None = None
     delay: float | None = None
     max_attempts: int | None = None
+    group: str | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None
+    depends_on: Sequence[Any] | None = None
+    on_parent_failure: str = "cancel"
+    batch_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.run_at is not None and self.delay is not None:
@@ -59,15 +97,41 @@ class EnqueueOptions:
         if self.delay is not None and (isinstance(self.delay, bool) or not isinstance(self.delay, int | float)
                                        or not 0 <= self.delay <= 10 * 365 * 86400):
             raise ValidationError(f"delay must be a number of seconds from 0 to 10 years, got {self.delay!r}")
+        if self.unique_for is not None and (self.unique_key is None or not 0 <= self.unique_for <= 10 * 365 * 86400):
+            raise ValidationError("unique_for needs a unique_key and a number of seconds from 0 to 10 years")
+        if self.on_parent_failure not in ("cancel", "run"):
+            raise ValidationError(f"on_parent_failure must be 'cancel' or 'run', got {self.on_parent_failure!r}")
+
+    @property
+    def parent_ids(self) -> list[int] | None:
+        """depends_on as job ids (Job objects or ints), or None."""
+        if self.depends_on is None:
+            return None
+        ids = []
+        for parent in self.depends_on:
+            value = getattr(parent, "id", parent)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValidationError(f"depends_on takes jobs or job ids, got {parent!r:.80}")
+            ids.append(value)
+        if not ids:
+            raise ValidationError("depends_on is empty; leave it out for a job without parents")
+        return ids
 
 
 @dataclass(frozen=True)
 class Call:
-    """One job's arguments and options, for ``enqueue_many``: ``task.call(x, y=1)``."""
+    """One job's arguments and options: ``task.call(x, y=1)``. For ``enqueue_many``, chains, groups and batches."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     options: EnqueueOptions = field(default_factory=EnqueueOptions)
+    task: Task[Any, Any] | None = None
+
+    def then(self, *calls: Call) -> Any:
+        """A chain: this call, then each of ``calls`` after the one before succeeded."""
+        from pgqueue.workflow import Chain
+
+        return Chain([self, *calls])
 
 
 def _takes_context(fn: Callable[..., Any]) -> bool:
@@ -147,13 +211,16 @@ class Task(Generic[P, R]):
         rest, options, conn = self._split(dict(kwargs))
         if conn is not None:
             raise ValidationError("pass conn to enqueue_many, not to each call")
-        return Call(tuple(args), rest, options)
+        return Call(tuple(args), rest, options, self)
 
     def using(self, *, conn: Any = None, queue: str | None = None, priority: int | None = None,
-              run_at: datetime | None = None, delay: float | None = None,
-              max_attempts: int | None = None) -> BoundTask[P, R]:
+              run_at: datetime | None = None, delay: float | None = None, max_attempts: int | None = None,
+              group: str | None = None, unique_key: str | None = None, unique_for: float | None = None,
+              depends_on: Sequence[Any] | None = None, on_parent_failure: str = "cancel") -> BoundTask[P, R]:
         """The same task with per-job options, fully typed: ``task.using(delay=5).enqueue(...)``."""
-        return BoundTask(self, EnqueueOptions(queue, priority, run_at, delay, max_attempts), conn)
+        options = EnqueueOptions(queue, priority, run_at, delay, max_attempts, group, unique_key, unique_for,
+                                 depends_on, on_parent_failure)
+        return BoundTask(self, options, conn)
 
     def enqueue_many(self, calls: Iterable[Call | Mapping[str, Any] | Sequence[Any]], *, conn: Any = None
                      ) -> list[Job]:
@@ -165,6 +232,8 @@ class Task(Generic[P, R]):
 
     def _as_call(self, item: Call | Mapping[str, Any] | Sequence[Any]) -> Call:
         if isinstance(item, Call):
+            if item.task is not None and item.task is not self:
+                raise ValidationError(f"a call of task {item.task.name} passed to {self.name}.enqueue_many")
             return item
         if isinstance(item, Mapping):
             return Call((), dict(item))

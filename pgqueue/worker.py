@@ -29,17 +29,20 @@ from typing import TYPE_CHECKING, Any
 from pgqueue.completer import Completer
 from pgqueue.connection import DedicatedConnection, connect
 from pgqueue.errors import DatabaseUnavailable, PgQueueError, ValidationError
-from pgqueue.executor import ClaimedJob, execute
+from pgqueue.executor import ClaimedJob, Execution, Outcome, context_for, execute
 from pgqueue.job import check_queue
 from pgqueue.maintenance import Maintenance, MaintenanceConfig
 from pgqueue.migrate import check_current
-from pgqueue.notifier import Notifier
+from pgqueue.notifier import CONTROL_CHANNEL, Notifier
 from pgqueue.queries import q
+from pgqueue.task import Context
 
 if TYPE_CHECKING:
     from pgqueue.app import App
 
 log = logging.getLogger("pgqueue.worker")
+
+PROGRESS_FLUSH = 0.5  # seconds: how stale reported progress may be in the database
 
 
 @dataclass
@@ -110,9 +113,16 @@ class _HandlerThreads(ThreadPoolExecutor):
 class _Running:
     job: ClaimedJob
     task: asyncio.Task[None] | None = None
+    ctx: Context | None = None
+    handler: asyncio.Future[Any] | None = None  # the handler's own future (cancelled on a cancel request)
     acking: bool = False  # its outcome is with the completer: the database, not the handler, decides now
     lost: bool = False  # the heartbeat found its lease taken over
     released: bool = False  # shutdown handed it back
+    cancel_requested: bool = False
+    progress_sent: tuple[float, str | None] | None = None
+
+    def started(self, handler: asyncio.Future[Any]) -> None:
+        self.handler = handler
 
 
 @dataclass
@@ -136,6 +146,8 @@ class Worker:
         self.stats = WorkerStats()
         self._running: dict[int, _Running] = {}
         self._more = True
+        self._controlled: list[str] = []  # controlled queues (limits, fairness) this worker serves
+        self._controlled_read_at = -1e9
         self._stop_requests = 0
         # Created in run(): asyncio primitives belong to the loop that runs the worker.
         self._wake: asyncio.Event
@@ -184,11 +196,12 @@ class Worker:
         self.maintenance = Maintenance(maintenance_conn, MaintenanceConfig(
             promote_interval=cfg.promote_interval, reap_interval=float(cfg.reap_interval or cfg.lease),
             stale_worker_after=max(cfg.lease * 3, 60.0), retention=self.app.retention,
-            dead_retention=self.app.dead_retention,
+            dead_retention=self.app.dead_retention, schedules=sorted(self.app.schedules),
         ))
         self.notifier = Notifier(dsn, self._on_notify)
         self._threads = _HandlerThreads(cfg.concurrency)
         await self._register()
+        await asyncio.to_thread(self.app.sync_schedules)
         background = [
             asyncio.create_task(self.notifier.run(), name="pgqueue-notifier"),
             asyncio.create_task(self._completer.run(), name="pgqueue-completer"),
@@ -218,12 +231,34 @@ class Worker:
 
     # -- claiming --------------------------------------------------------------------------------------------
 
-    def _on_notify(self, queue: str | None) -> None:
+    def _on_notify(self, channel: str, payload: str | None) -> None:
+        if channel == CONTROL_CHANNEL and payload:
+            kind, _, value = payload.partition(":")
+            if kind == "cancel" and value.isdigit():
+                self._request_cancel(int(value))
+            elif kind == "queues":
+                self._controlled_read_at = -1e9  # settings changed: read them before the next claim
+                self._more = True
+                self._wake.set()
+            return
         queues = self.config.queues
-        if queue is None or queues is None or queue in queues:
+        if payload is None or queues is None or payload in queues:
             self.stats.wakeups += 1
             self._more = True
             self._wake.set()
+
+    def _request_cancel(self, job_id: int) -> None:
+        """Cancellation of a job we run was requested: tell the handler; the job will end cancelled."""
+        record = self._running.get(job_id)
+        if record is None or record.cancel_requested:
+            return
+        record.cancel_requested = True
+        log.info("job %s: cancellation requested", job_id)
+        if record.ctx is not None:
+            record.ctx._cancel.set()
+        task = self.app.tasks.get(record.job.task)
+        if record.handler is not None and task is not None and task.is_async:
+            record.handler.cancel()
 
     async def _produce(self) -> None:
         cfg = self.config
@@ -235,6 +270,8 @@ class Worker:
                 asked = min(free, cfg.claim_batch)
                 try:
                     jobs = await self._claim(asked)
+                    if len(jobs) < asked:
+                        jobs += await self._claim_controlled(asked - len(jobs))
                     delay = 0.05
                 except PgQueueError as err:
                     log.warning("claim failed, retrying in %.2fs: %s", delay, err)
@@ -246,7 +283,26 @@ class Worker:
                 self._more = len(jobs) == asked
                 if self._more and len(self._running) < cfg.concurrency:
                     continue
-            await self._sleep(cfg.poll_interval, poll=True)
+            # Limits free up with time, not with notifications: look again soon while controlled queues exist.
+            await self._sleep(min(cfg.poll_interval, 0.25) if self._controlled else cfg.poll_interval, poll=True)
+
+    async def _claim_controlled(self, limit: int) -> list[ClaimedJob]:
+        """Claim from the controlled queues (paused, limited, fair) this worker serves, in the database's turn."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._controlled_read_at > 2.0:
+            rows = await self._claim_conn.fetch(q("queue_controlled_list"))
+            served = self.config.queues
+            self._controlled = [r[0] for r in rows if served is None or r[0] in served]
+            self._controlled_read_at = loop.time()
+        claimed: list[ClaimedJob] = []
+        for queue in self._controlled:
+            if limit - len(claimed) <= 0:
+                break
+            rows = await self._claim_conn.fetch(q("job_claim_controlled"), {
+                "queue": queue, "worker_id": self.id, "lease": self.config.lease, "limit": limit - len(claimed)})
+            claimed += [ClaimedJob(*row) for row in rows]
+        self.stats.claimed += len(claimed)
+        return claimed
 
     async def _sleep(self, seconds: float, poll: bool = False) -> None:
         """Sleep until woken (notification, free slot, stop) or ``seconds`` pass; a timeout is the safety poll."""
@@ -271,23 +327,34 @@ class Worker:
 
     def _start(self, job: ClaimedJob) -> None:
         record = _Running(job)
+        task = self.app.tasks.get(job.task)
+        if task is not None and task.takes_context:
+            record.ctx = context_for(self.app, job, self.id)
         self._running[job.id] = record
         record.task = asyncio.create_task(self._run_job(record), name=f"pgqueue-job-{job.id}")
 
     async def _run_job(self, record: _Running) -> None:
         job = record.job
         try:
-            execution = await execute(self.app, job, self.id, self._threads)
+            try:
+                execution = await execute(self.app, job, self.id, self._threads, ctx=record.ctx,
+                                          started=record.started)
+            except asyncio.CancelledError:
+                if not record.cancel_requested or record.lost or record.released:
+                    raise
+                execution = Execution(Outcome("cancelled"))
             if record.lost or record.released:
                 return  # the database has already moved on; what we would write would be fenced off anyway
             outcome = execution.outcome
+            if record.cancel_requested and outcome.state != "cancelled":
+                outcome = Outcome("cancelled", result=outcome.result)
             record.acking = True
             accepted = await self._completer.submit(job, outcome)
             if not accepted:
                 self.stats.fenced += 1
                 log.warning("job %s attempt %s: outcome refused, the job was taken over (lease lost)",
                             job.id, job.attempt)
-            elif outcome.state == "succeeded":
+            elif outcome.state in ("succeeded", "cancelled"):
                 self.stats.done += 1
             else:
                 self.stats.failed += 1
@@ -311,23 +378,50 @@ class Worker:
     # -- heartbeat -------------------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Renew leases every heartbeat; in between, flush reported progress at most every half second."""
         cfg = self.config
         assert cfg.heartbeat is not None
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + cfg.heartbeat
         while True:
-            await asyncio.sleep(cfg.heartbeat)
-            await self._heartbeat()
+            await asyncio.sleep(max(0.0, min(PROGRESS_FLUSH, next_beat - loop.time())))
+            if loop.time() >= next_beat:
+                next_beat = loop.time() + cfg.heartbeat
+                await self._heartbeat()
+            elif any(r.ctx is not None and r.ctx._progress != r.progress_sent for r in self._running.values()):
+                try:
+                    await self._heartbeat_conn.fetch(q("job_progress_update"),
+                                                     {"worker_id": self.id, **self._progress_params()})
+                except PgQueueError as err:
+                    log.warning("progress update failed: %s", err)
+
+    def _progress_params(self) -> dict[str, list[Any]]:
+        """Progress changed since it was last sent (and mark it sent)."""
+        ids: list[int] = []
+        values: list[float] = []
+        messages: list[str | None] = []
+        for job_id, record in self._running.items():
+            current = record.ctx._progress if record.ctx is not None else None
+            if current is not None and current != record.progress_sent:
+                ids.append(job_id)
+                values.append(current[0])
+                messages.append(current[1])
+                record.progress_sent = current
+        return {"progress_ids": ids, "progress": values, "progress_messages": messages}
 
     async def _heartbeat(self) -> None:
         before = {job_id for job_id, r in self._running.items() if not r.acking}
         params = {"worker_id": self.id, "lease": self.config.lease, "jobs_done": self.stats.done,
                   "jobs_failed": self.stats.failed,
-                  "state": "draining" if self._stopping.is_set() else "running"}
+                  "state": "draining" if self._stopping.is_set() else "running", **self._progress_params()}
         try:
             rows = await self._heartbeat_conn.fetch(q("job_heartbeat"), params)
         except PgQueueError as err:
             log.warning("heartbeat failed: %s", err)
             return
-        renewed, registered = set(rows[0][0]), rows[0][1]
+        renewed, registered, cancel_requested = set(rows[0][0]), rows[0][1], rows[0][2]
+        for job_id in cancel_requested:
+            self._request_cancel(job_id)  # the notification may have been missed (listener reconnecting)
         if not registered:
             await self._register()  # forgotten as stale (a long pause, a partition): say we are back
         await self._sync()

@@ -26,7 +26,20 @@ CREATE TABLE pgqueue.jobs (
     started_at       timestamptz,
     lease_expires_at timestamptz,
     worker_id        uuid,
-    CONSTRAINT jobs_state_check CHECK (state IN ('scheduled', 'queued', 'running')),
+    group_key         text,
+    unique_key        text,
+    batch_id          bigint,
+    has_dependants    boolean NOT NULL DEFAULT false,
+    on_parent_failure text    NOT NULL DEFAULT 'cancel',
+    cancel_requested  boolean NOT NULL DEFAULT false,
+    progress          real,
+    progress_message  text,
+    pending_parents   integer NOT NULL DEFAULT 0,
+    parent_failed     boolean NOT NULL DEFAULT false,
+    CONSTRAINT jobs_state_check CHECK (state IN ('waiting', 'scheduled', 'queued', 'running')),
+    CONSTRAINT jobs_group_key_check CHECK (octet_length(group_key) <= 200),
+    CONSTRAINT jobs_unique_key_check CHECK (octet_length(unique_key) <= 500),
+    CONSTRAINT jobs_on_parent_failure_check CHECK (on_parent_failure IN ('cancel', 'run')),
     CONSTRAINT jobs_priority_check CHECK (priority >= 0),
     CONSTRAINT jobs_max_attempts_check CHECK (max_attempts >= 1),
     CONSTRAINT jobs_queue_check CHECK (queue ~ '^[A-Za-z0-9_.:-]{1,100}$'),
@@ -75,6 +88,12 @@ CREATE TABLE pgqueue.finished_jobs (
     result        json,
     -- The class of the last error for dead jobs, kept here so history queries need no join.
     error_type    text,
+    group_key        text,
+    unique_key       text,
+    batch_id         bigint,
+    has_dependants   boolean NOT NULL DEFAULT false,
+    progress         real,
+    progress_message text,
     CONSTRAINT finished_jobs_state_check CHECK (state IN ('succeeded', 'dead', 'cancelled'))
 );
 
@@ -192,13 +211,366 @@ $$;
 
 -- Monitoring views. Counts of live states read the small live table; finished figures read the last minute
 -- of finished_jobs through its finished_at index, so neither grows with history.
+CREATE VIEW pgqueue.worker_stats AS
+SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.state, w.started_at, w.last_heartbeat_at,
+       now() - w.started_at AS uptime,
+       (SELECT count(*) FROM pgqueue.jobs j WHERE j.state = 'running' AND j.worker_id = w.id) AS running,
+       w.jobs_done, w.jobs_failed
+FROM pgqueue.workers w;
+
+CREATE VIEW pgqueue.dead_letters AS
+SELECT f.id, f.queue, f.task, f.args, f.kwargs, f.attempt, f.max_attempts, f.created_at, f.finished_at,
+       f.error_type, e.message AS error_message
+FROM pgqueue.finished_jobs f
+LEFT JOIN LATERAL (
+    SELECT message FROM pgqueue.job_errors e WHERE e.job_id = f.id ORDER BY e.id DESC LIMIT 1
+) e ON true
+WHERE f.state = 'dead';
+
+-- ==== Scheduling and flow control (migration 0002) ====
+
+-- At most one live job per unique key: the live table holds only unfinished jobs, so a key is free again the
+-- moment its job finishes, with nothing to clean up.
+CREATE UNIQUE INDEX jobs_unique_key_idx ON pgqueue.jobs (unique_key) WHERE unique_key IS NOT NULL;
+CREATE INDEX finished_jobs_unique_key_idx ON pgqueue.finished_jobs (unique_key, finished_at)
+    WHERE unique_key IS NOT NULL;
+-- Fair claims walk the groups that have queued work with a loose index scan over this index.
+CREATE INDEX jobs_claim_group_idx ON pgqueue.jobs (queue, group_key, priority DESC, scheduled_for, id)
+    WHERE state = 'queued' AND group_key IS NOT NULL;
+-- Concurrency limits count running jobs per queue and group (at most the sum of all workers' slots).
+CREATE INDEX jobs_running_queue_idx ON pgqueue.jobs (queue, group_key) WHERE state = 'running';
+CREATE INDEX jobs_waiting_idx ON pgqueue.jobs (id) WHERE state = 'waiting';
+CREATE INDEX jobs_batch_idx ON pgqueue.jobs (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX finished_jobs_batch_idx ON pgqueue.finished_jobs (batch_id) WHERE batch_id IS NOT NULL;
+
+-- Per-queue settings. A queue without a row (or with a row of defaults) is a plain queue.
+CREATE TABLE pgqueue.queues (
+    name                    text        PRIMARY KEY,
+    paused                  boolean     NOT NULL DEFAULT false,
+    concurrency_limit       integer,
+    rate_limit              integer,
+    rate_period             float8,
+    group_concurrency_limit integer,
+    group_rate_limit        integer,
+    group_rate_period       float8,
+    fair                    boolean     NOT NULL DEFAULT false,
+    priority_aging          float8,
+    updated_at              timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT queues_name_check CHECK (name ~ '^[A-Za-z0-9_.:-]{1,100}$'),
+    CONSTRAINT queues_limits_check CHECK (
+        coalesce(concurrency_limit, 1) >= 0 AND coalesce(group_concurrency_limit, 1) >= 0
+        AND coalesce(rate_limit, 1) >= 0 AND coalesce(group_rate_limit, 1) >= 0
+        AND (rate_limit IS NULL) = (rate_period IS NULL) AND coalesce(rate_period, 1) > 0
+        AND (group_rate_limit IS NULL) = (group_rate_period IS NULL) AND coalesce(group_rate_period, 1) > 0
+        AND coalesce(priority_aging, 1) > 0
+    ),
+    -- A controlled queue is claimed through pgqueue.claim_controlled(); the plain claim leaves it alone.
+    controlled boolean GENERATED ALWAYS AS (
+        paused OR fair OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL
+        OR group_concurrency_limit IS NOT NULL OR group_rate_limit IS NOT NULL
+    ) STORED
+);
+
+-- Per-group state of fair queues: weighted virtual time (a group that got more service waits its turn).
+CREATE TABLE pgqueue.job_groups (
+    queue     text    NOT NULL,
+    group_key text    NOT NULL,
+    weight    float8  NOT NULL DEFAULT 1,
+    vtime     float8  NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, group_key),
+    CONSTRAINT job_groups_weight_check CHECK (weight > 0)
+);
+
+-- Starts within the rate window, for rate-limited queues and groups only. group_key '' is the queue itself.
+CREATE TABLE pgqueue.rate_starts (
+    queue      text        NOT NULL,
+    group_key  text        NOT NULL,
+    started_at timestamptz NOT NULL
+);
+CREATE INDEX rate_starts_idx ON pgqueue.rate_starts (queue, group_key, started_at);
+
+-- Dependencies: job_id waits for every parent_id to finish.
+-- settled: the parent's outcome has been counted in the child's pending_parents (exactly once, even if the
+-- parent is later retried from the dead letters and finishes again).
+CREATE TABLE pgqueue.job_dependencies (
+    job_id    bigint  NOT NULL,
+    parent_id bigint  NOT NULL,
+    settled   boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (job_id, parent_id)
+);
+CREATE INDEX job_dependencies_parent_idx ON pgqueue.job_dependencies (parent_id);
+
+CREATE TABLE pgqueue.batches (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text        NOT NULL,
+    total           integer     NOT NULL,
+    callback_job_id bigint,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Cron schedules. source 'code' rows mirror @app.periodic declarations; 'cli' rows come from `pgqueue cron add`.
+CREATE TABLE pgqueue.schedules (
+    name         text        PRIMARY KEY,
+    cron         text        NOT NULL,
+    timezone     text        NOT NULL DEFAULT 'UTC',
+    task         text        NOT NULL,
+    args         json        NOT NULL DEFAULT '[]',
+    kwargs       json        NOT NULL DEFAULT '{}',
+    queue        text        NOT NULL DEFAULT 'default',
+    priority     smallint    NOT NULL DEFAULT 0,
+    max_attempts integer     NOT NULL DEFAULT 10,
+    missed       text        NOT NULL DEFAULT 'once',
+    max_catchup  integer     NOT NULL DEFAULT 100,
+    paused       boolean     NOT NULL DEFAULT false,
+    source       text        NOT NULL DEFAULT 'cli',
+    last_tick_at timestamptz NOT NULL DEFAULT now(),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT schedules_missed_check CHECK (missed IN ('skip', 'once', 'all')),
+    CONSTRAINT schedules_source_check CHECK (source IN ('code', 'cli')),
+    CONSTRAINT schedules_catchup_check CHECK (max_catchup BETWEEN 1 AND 10000)
+);
+
+-- Exactly once per (schedule, tick), whatever the number of schedulers, stale or not.
+CREATE TABLE pgqueue.schedule_ticks (
+    schedule   text        NOT NULL,
+    tick       timestamptz NOT NULL,
+    job_id     bigint      NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schedule, tick)
+);
+
+-- Settle the dependants of a finished parent. Runs as a row trigger on finished_jobs (only for parents that
+-- have dependants), so every way a job finishes (completion, dead, cancel, reaper) settles its children in
+-- the same transaction. It is VOLATILE: each statement takes a fresh snapshot, so it sees a dependant enqueued
+-- by a transaction that committed while this one waited for the parent's row lock. Each child keeps a count
+-- of unsettled parents, so a batch callback waiting on 10,000 jobs costs O(1) per finished parent.
+CREATE FUNCTION pgqueue.settle_dependants() RETURNS trigger
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    edge record;
+    child record;
+BEGIN
+    FOR edge IN
+        UPDATE pgqueue.job_dependencies SET settled = true
+        WHERE parent_id = NEW.id AND NOT settled
+        RETURNING job_id
+    LOOP
+        UPDATE pgqueue.jobs
+        SET pending_parents = pending_parents - 1, parent_failed = parent_failed OR NEW.state <> 'succeeded'
+        WHERE id = edge.job_id AND state = 'waiting'
+        RETURNING id, queue, pending_parents, parent_failed, on_parent_failure INTO child;
+        CONTINUE WHEN child.id IS NULL OR child.pending_parents > 0;
+        IF child.parent_failed AND child.on_parent_failure = 'cancel' THEN
+            -- Moving it to finished_jobs fires this trigger again for its own dependants: a cascade.
+            WITH c AS (DELETE FROM pgqueue.jobs WHERE id = child.id RETURNING *)
+            INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt,
+                max_attempts, scheduled_for, created_at, finished_at, group_key, unique_key, batch_id,
+                has_dependants, error_type)
+            SELECT id, queue, task, args, kwargs, priority, 'cancelled', attempt, max_attempts, scheduled_for,
+                   created_at, now(), group_key, unique_key, batch_id, has_dependants, 'ParentFailed'
+            FROM c;
+        ELSE
+            UPDATE pgqueue.jobs SET state = 'queued', scheduled_for = greatest(scheduled_for, now())
+            WHERE id = child.id;
+            PERFORM pg_notify('pgqueue_jobs', child.queue);
+        END IF;
+        child := NULL;
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER finished_jobs_settle_dependants
+    AFTER INSERT ON pgqueue.finished_jobs
+    FOR EACH ROW WHEN (NEW.has_dependants)
+    EXECUTE FUNCTION pgqueue.settle_dependants();
+
+-- Enqueue a job that waits for parents (and optionally joins a batch). Live parents are locked first (the
+-- has_dependants flag), so none can finish unseen while this runs; a fresh statement then counts them.
+CREATE FUNCTION pgqueue.enqueue_dependent(
+    p_task text, p_args json, p_kwargs json, p_queue text, p_priority integer, p_max_attempts integer,
+    p_run_at timestamptz, p_depends_on bigint[], p_on_parent_failure text, p_group_key text,
+    p_unique_key text, p_batch_id bigint
+) RETURNS TABLE (id bigint, state text, scheduled_for timestamptz, created_at timestamptz)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    live bigint[];
+    unknown bigint;
+    failed boolean;
+    new_state text;
+    new_id bigint := nextval('pgqueue.job_id_seq');
+BEGIN
+    UPDATE pgqueue.jobs SET has_dependants = true WHERE jobs.id = ANY(p_depends_on);
+    SELECT p INTO unknown FROM unnest(p_depends_on) AS p
+    WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs j WHERE j.id = p)
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.finished_jobs f WHERE f.id = p)
+    LIMIT 1;
+    IF unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'pgqueue: depends_on names job %, which does not exist', unknown
+            USING ERRCODE = '22023', HINT = 'Parents must be enqueued (and committed, or in this transaction) first.';
+    END IF;
+    SELECT coalesce(array_agg(DISTINCT j.id), '{}') INTO live FROM pgqueue.jobs j WHERE j.id = ANY(p_depends_on);
+    SELECT coalesce(bool_or(f.state <> 'succeeded'), false) INTO failed
+    FROM pgqueue.finished_jobs f WHERE f.id = ANY(p_depends_on);
+    new_state := CASE
+        WHEN cardinality(live) > 0 THEN 'waiting'
+        WHEN failed AND p_on_parent_failure = 'cancel' THEN 'cancelled'
+        WHEN p_run_at > now() THEN 'scheduled'
+        ELSE 'queued' END;
+    INSERT INTO pgqueue.job_dependencies (job_id, parent_id, settled)
+    SELECT DISTINCT new_id, p, NOT (p = ANY(live)) FROM unnest(p_depends_on) AS p;
+    IF new_state = 'cancelled' THEN
+        INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
+            scheduled_for, created_at, finished_at, group_key, unique_key, batch_id, error_type)
+        VALUES (new_id, p_queue, p_task, p_args, p_kwargs, p_priority, 'cancelled', 0, p_max_attempts,
+                now(), now(), now(), p_group_key, p_unique_key, p_batch_id, 'ParentFailed');
+    ELSE
+        INSERT INTO pgqueue.jobs (id, queue, task, args, kwargs, priority, state, max_attempts, scheduled_for,
+                                  on_parent_failure, group_key, unique_key, batch_id, pending_parents,
+                                  parent_failed)
+        VALUES (new_id, p_queue, p_task, p_args, p_kwargs, p_priority, new_state, p_max_attempts,
+                greatest(coalesce(p_run_at, now()), now()), p_on_parent_failure, p_group_key, p_unique_key,
+                p_batch_id, cardinality(live), failed);
+    END IF;
+    RETURN QUERY SELECT new_id, new_state, greatest(coalesce(p_run_at, now()), now()), now();
+END;
+$$;
+
+-- Claim from a controlled queue: paused, limited or fair. The queue's row is locked for the claim, so the
+-- claimers of one controlled queue take turns and every count they read is exact; plain queues never come here.
+CREATE FUNCTION pgqueue.claim_controlled(p_queue text, p_worker uuid, p_lease float8, p_limit integer)
+RETURNS SETOF pgqueue.jobs
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    cfg pgqueue.queues;
+    allowance integer := p_limit;
+    running integer;
+    started integer;
+    group_keys text[];
+    group_vtimes float8[];
+    group_weights float8[];
+    group_allow integer;
+    groups_left integer;
+    taken integer;
+    ids bigint[] := '{}';
+    picked bigint[];
+BEGIN
+    SELECT * INTO cfg FROM pgqueue.queues WHERE name = p_queue FOR UPDATE;
+    IF NOT FOUND OR cfg.paused THEN
+        RETURN;
+    END IF;
+    IF cfg.concurrency_limit IS NOT NULL THEN
+        SELECT count(*) INTO running FROM pgqueue.jobs WHERE queue = p_queue AND state = 'running';
+        allowance := least(allowance, cfg.concurrency_limit - running);
+    END IF;
+    IF cfg.rate_limit IS NOT NULL THEN
+        SELECT count(*) INTO started FROM pgqueue.rate_starts
+        WHERE queue = p_queue AND group_key = '' AND started_at > now() - make_interval(secs => cfg.rate_period);
+        allowance := least(allowance, cfg.rate_limit - started);
+    END IF;
+    IF allowance <= 0 THEN
+        RETURN;
+    END IF;
+
+    IF cfg.fair OR cfg.group_concurrency_limit IS NOT NULL OR cfg.group_rate_limit IS NOT NULL THEN
+        -- Groups with queued work, found by a loose index scan, served lowest virtual time first. Each gets at
+        -- most an even share of what is left, so a group with a million jobs cannot take every slot.
+        WITH RECURSIVE g AS (
+            (SELECT j.group_key FROM pgqueue.jobs j
+             WHERE j.state = 'queued' AND j.queue = p_queue AND j.group_key IS NOT NULL
+             ORDER BY j.group_key LIMIT 1)
+            UNION ALL
+            SELECT (SELECT j.group_key FROM pgqueue.jobs j
+                    WHERE j.state = 'queued' AND j.queue = p_queue AND j.group_key > g.group_key
+                    ORDER BY j.group_key LIMIT 1)
+            FROM g WHERE g.group_key IS NOT NULL
+        ), active AS (
+            SELECT g.group_key,
+                   coalesce(s.vtime, (SELECT coalesce(min(vtime), 0) FROM pgqueue.job_groups WHERE queue = p_queue))
+                       AS vtime,
+                   coalesce(s.weight, 1) AS weight
+            FROM g LEFT JOIN pgqueue.job_groups s ON s.queue = p_queue AND s.group_key = g.group_key
+            WHERE g.group_key IS NOT NULL
+        )
+        SELECT coalesce(array_agg(a.group_key ORDER BY a.vtime, a.group_key), '{}'),
+               coalesce(array_agg(a.vtime ORDER BY a.vtime, a.group_key), '{}'),
+               coalesce(array_agg(a.weight ORDER BY a.vtime, a.group_key), '{}')
+        INTO group_keys, group_vtimes, group_weights FROM active a;
+        groups_left := cardinality(group_keys);
+        FOR i IN 1 .. cardinality(group_keys) LOOP
+            EXIT WHEN allowance <= 0;
+            group_allow := greatest(1, ceil(allowance::float8 / groups_left)::integer);
+            groups_left := groups_left - 1;
+            IF cfg.group_concurrency_limit IS NOT NULL THEN
+                SELECT count(*) INTO running FROM pgqueue.jobs
+                WHERE queue = p_queue AND group_key = group_keys[i] AND state = 'running';
+                group_allow := least(group_allow, cfg.group_concurrency_limit - running);
+            END IF;
+            IF cfg.group_rate_limit IS NOT NULL THEN
+                SELECT count(*) INTO started FROM pgqueue.rate_starts
+                WHERE queue = p_queue AND group_key = group_keys[i]
+                  AND started_at > now() - make_interval(secs => cfg.group_rate_period);
+                group_allow := least(group_allow, cfg.group_rate_limit - started);
+            END IF;
+            CONTINUE WHEN group_allow <= 0;
+            SELECT array_agg(c.id) INTO picked FROM (
+                SELECT j.id FROM pgqueue.jobs j
+                WHERE j.state = 'queued' AND j.queue = p_queue AND j.group_key = group_keys[i]
+                ORDER BY j.priority DESC, j.scheduled_for, j.id
+                LIMIT group_allow FOR UPDATE SKIP LOCKED
+            ) AS c;
+            taken := coalesce(cardinality(picked), 0);
+            CONTINUE WHEN taken = 0;
+            ids := ids || picked;
+            allowance := allowance - taken;
+            INSERT INTO pgqueue.job_groups AS s (queue, group_key, vtime)
+            VALUES (p_queue, group_keys[i], group_vtimes[i] + taken / group_weights[i])
+            ON CONFLICT (queue, group_key) DO UPDATE SET vtime = s.vtime + taken / s.weight;
+            IF cfg.group_rate_limit IS NOT NULL THEN
+                INSERT INTO pgqueue.rate_starts SELECT p_queue, group_keys[i], now() FROM generate_series(1, taken);
+            END IF;
+        END LOOP;
+        -- Jobs without a group share what the groups left.
+        IF allowance > 0 THEN
+            SELECT array_agg(c.id) INTO picked FROM (
+                SELECT j.id FROM pgqueue.jobs j
+                WHERE j.state = 'queued' AND j.queue = p_queue AND j.group_key IS NULL
+                ORDER BY j.priority DESC, j.scheduled_for, j.id
+                LIMIT allowance FOR UPDATE SKIP LOCKED
+            ) AS c;
+            ids := ids || coalesce(picked, '{}');
+        END IF;
+    ELSE
+        SELECT array_agg(c.id) INTO picked FROM (
+            SELECT j.id FROM pgqueue.jobs j
+            WHERE j.state = 'queued' AND j.queue = p_queue
+            ORDER BY j.priority DESC, j.scheduled_for, j.id
+            LIMIT allowance FOR UPDATE SKIP LOCKED
+        ) AS c;
+        ids := coalesce(picked, '{}');
+    END IF;
+
+    IF cfg.rate_limit IS NOT NULL AND cardinality(ids) > 0 THEN
+        INSERT INTO pgqueue.rate_starts SELECT p_queue, '', now() FROM generate_series(1, cardinality(ids));
+    END IF;
+    RETURN QUERY
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = p_worker,
+        lease_expires_at = now() + make_interval(secs => p_lease)
+    WHERE j.id = ANY(ids)
+    RETURNING j.*;
+END;
+$$;
+
+-- Per queue: counts per state, oldest queued age, what finished and failed in the last minute, pause.
 CREATE VIEW pgqueue.queue_stats AS
 WITH live AS (
     SELECT queue,
            count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
            count(*) FILTER (WHERE state = 'queued') AS queued,
            count(*) FILTER (WHERE state = 'running') AS running,
-           max(now() - scheduled_for) FILTER (WHERE state = 'queued') AS oldest_queued_age
+           max(now() - scheduled_for) FILTER (WHERE state = 'queued') AS oldest_queued_age,
+           count(*) FILTER (WHERE state = 'waiting') AS waiting
     FROM pgqueue.jobs GROUP BY queue
 ), recent AS (
     SELECT queue,
@@ -219,28 +591,16 @@ SELECT q.queue,
        live.oldest_queued_age,
        coalesce(recent.succeeded_last_minute, 0) AS succeeded_last_minute,
        coalesce(failures.failed_last_minute, 0) AS failed_last_minute,
-       coalesce(recent.dead_last_minute, 0) AS dead_last_minute
-FROM (SELECT queue FROM live UNION SELECT queue FROM recent UNION SELECT queue FROM dead) AS q
+       coalesce(recent.dead_last_minute, 0) AS dead_last_minute,
+       coalesce(live.waiting, 0) AS waiting,
+       coalesce(settings.paused, false) AS paused
+FROM (SELECT queue FROM live UNION SELECT queue FROM recent UNION SELECT queue FROM dead
+      UNION SELECT name FROM pgqueue.queues) AS q
 LEFT JOIN live USING (queue)
 LEFT JOIN recent USING (queue)
 LEFT JOIN failures USING (queue)
-LEFT JOIN dead USING (queue);
-
-CREATE VIEW pgqueue.worker_stats AS
-SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.state, w.started_at, w.last_heartbeat_at,
-       now() - w.started_at AS uptime,
-       (SELECT count(*) FROM pgqueue.jobs j WHERE j.state = 'running' AND j.worker_id = w.id) AS running,
-       w.jobs_done, w.jobs_failed
-FROM pgqueue.workers w;
-
-CREATE VIEW pgqueue.dead_letters AS
-SELECT f.id, f.queue, f.task, f.args, f.kwargs, f.attempt, f.max_attempts, f.created_at, f.finished_at,
-       f.error_type, e.message AS error_message
-FROM pgqueue.finished_jobs f
-LEFT JOIN LATERAL (
-    SELECT message FROM pgqueue.job_errors e WHERE e.job_id = f.id ORDER BY e.id DESC LIMIT 1
-) e ON true
-WHERE f.state = 'dead';
+LEFT JOIN dead USING (queue)
+LEFT JOIN pgqueue.queues AS settings ON settings.name = q.queue;
 
 -- ============================================================================================
 -- The web layer (issue 7, migration 0004): API tokens, worker control and counters, alerts, depth samples.

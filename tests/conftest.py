@@ -77,8 +77,11 @@ def dsn(fresh_database: Callable[[], str]) -> str:
 
 
 def _clean(dsn: str) -> None:
+    """Empty every pgqueue table but the migration record."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE pgqueue.jobs, pgqueue.finished_jobs, pgqueue.job_errors, pgqueue.workers")
+        tables = [sql.Identifier("pgqueue", name) for (name,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'pgqueue' AND tablename <> 'schema_migrations'")]
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(tables)))
 
 
 @pytest.fixture

@@ -2,27 +2,59 @@
 -- Time always comes from the database (now()); workers' clocks are never compared with anything.
 
 -- name: job_insert
-INSERT INTO pgqueue.jobs (queue, task, args, kwargs, priority, state, max_attempts, scheduled_for)
+INSERT INTO pgqueue.jobs (queue, task, args, kwargs, priority, state, max_attempts, scheduled_for, group_key,
+                          batch_id)
 VALUES (
     %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(priority)s,
     CASE WHEN %(run_at)s::timestamptz > now() OR %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END,
     %(max_attempts)s,
-    greatest(coalesce(%(run_at)s::timestamptz, now()), now() + make_interval(secs => coalesce(%(delay)s, 0)))
+    greatest(coalesce(%(run_at)s::timestamptz, now()), now() + make_interval(secs => coalesce(%(delay)s, 0))),
+    %(group_key)s, %(batch_id)s
 )
 RETURNING id, state, scheduled_for, created_at;
+
+-- name: job_insert_unique
+-- As job_insert, unless a live job holds the unique key: then nothing is inserted and no row comes back.
+INSERT INTO pgqueue.jobs (queue, task, args, kwargs, priority, state, max_attempts, scheduled_for, group_key,
+                          batch_id, unique_key)
+VALUES (
+    %(queue)s, %(task)s, %(args)s::json, %(kwargs)s::json, %(priority)s,
+    CASE WHEN %(run_at)s::timestamptz > now() OR %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END,
+    %(max_attempts)s,
+    greatest(coalesce(%(run_at)s::timestamptz, now()), now() + make_interval(secs => coalesce(%(delay)s, 0))),
+    %(group_key)s, %(batch_id)s, %(unique_key)s
+)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+RETURNING id, state, scheduled_for, created_at;
+
+-- name: job_unique_holder
+-- The job holding a unique key: the live one, else one that finished within the window.
+(SELECT id, state, scheduled_for, created_at FROM pgqueue.jobs WHERE unique_key = %(unique_key)s)
+UNION ALL
+(SELECT id, state, scheduled_for, created_at FROM pgqueue.finished_jobs
+ WHERE unique_key = %(unique_key)s AND finished_at > now() - make_interval(secs => %(window)s)
+ ORDER BY finished_at DESC LIMIT 1)
+LIMIT 1;
+
+-- name: job_insert_dependent
+SELECT id, state, scheduled_for, created_at FROM pgqueue.enqueue_dependent(
+    %(task)s, %(args)s::json, %(kwargs)s::json, %(queue)s, %(priority)s, %(max_attempts)s,
+    coalesce(%(run_at)s::timestamptz, now() + make_interval(secs => coalesce(%(delay)s, 0))),
+    %(depends_on)s::bigint[], %(on_parent_failure)s, %(group_key)s, %(unique_key)s, %(batch_id)s);
 
 -- name: job_insert_many
 -- One statement for a whole batch. ids come from the sequence in input order (the subquery is read in
 -- ordinality order before nextval runs), so sorting the returned ids maps them back to the input.
-INSERT INTO pgqueue.jobs (id, queue, task, args, kwargs, priority, state, max_attempts, scheduled_for)
+INSERT INTO pgqueue.jobs (id, queue, task, args, kwargs, priority, state, max_attempts, scheduled_for,
+                          group_key, batch_id)
 SELECT nextval('pgqueue.job_id_seq'), b.queue, b.task, b.args, b.kwargs, b.priority,
        CASE WHEN b.run_at > now() THEN 'scheduled' ELSE 'queued' END,
-       b.max_attempts, greatest(coalesce(b.run_at, now()), now())
+       b.max_attempts, greatest(coalesce(b.run_at, now()), now()), b.group_key, b.batch_id
 FROM (
     SELECT * FROM unnest(
         %(queue)s::text[], %(task)s::text[], %(args)s::json[], %(kwargs)s::json[], %(priority)s::smallint[],
-        %(run_at)s::timestamptz[], %(max_attempts)s::integer[]
-    ) WITH ORDINALITY AS u(queue, task, args, kwargs, priority, run_at, max_attempts, ord)
+        %(run_at)s::timestamptz[], %(max_attempts)s::integer[], %(group_key)s::text[], %(batch_id)s::bigint[]
+    ) WITH ORDINALITY AS u(queue, task, args, kwargs, priority, run_at, max_attempts, group_key, batch_id, ord)
     ORDER BY ord
 ) AS b
 RETURNING id, state, scheduled_for, created_at;
@@ -31,9 +63,11 @@ RETURNING id, state, scheduled_for, created_at;
 -- Claim up to %(limit)s queued jobs from any queue. The CTE is a fence: the planner must finish the locking
 -- SELECT (and its LIMIT) before the UPDATE runs, so no more rows are updated than were picked. SKIP LOCKED
 -- lets concurrent claimers pass over each other's rows instead of queueing behind them.
+-- Controlled queues (paused, limited, fair) are left to claim_controlled; the InitPlan over the small queues
+-- table runs once per statement.
 WITH picked AS (
     SELECT id FROM pgqueue.jobs
-    WHERE state = 'queued'
+    WHERE state = 'queued' AND queue <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE controlled))
     ORDER BY priority DESC, scheduled_for, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -58,6 +92,7 @@ WITH picked AS (
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
+    WHERE q.name <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE controlled))
     ORDER BY c.priority DESC, c.scheduled_for, c.id
     LIMIT %(limit)s
 )
@@ -68,6 +103,14 @@ FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts,
           j.scheduled_for, j.created_at, j.started_at;
+
+-- name: job_claim_controlled
+SELECT id, queue, task, args::text, kwargs::text, priority, attempt, max_attempts, scheduled_for, created_at,
+       started_at
+FROM pgqueue.claim_controlled(%(queue)s, %(worker_id)s, %(lease)s, %(limit)s);
+
+-- name: queue_controlled_list
+SELECT name FROM pgqueue.queues WHERE controlled AND NOT paused ORDER BY name;
 
 -- name: job_complete_many
 -- Acknowledge a batch of successes in one statement. The fence is (id, attempt, worker_id, state): a worker
@@ -83,9 +126,11 @@ WITH input AS (
     RETURNING j.*, i.result
 )
 INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
-                                   scheduled_for, created_at, started_at, finished_at, worker_id, result)
+                                   scheduled_for, created_at, started_at, finished_at, worker_id, result,
+                                   group_key, unique_key, batch_id, has_dependants, progress, progress_message)
 SELECT id, queue, task, args, kwargs, priority, 'succeeded', attempt, max_attempts,
-       scheduled_for, created_at, started_at, now(), worker_id, result
+       scheduled_for, created_at, started_at, now(), worker_id, result,
+       group_key, unique_key, batch_id, has_dependants, progress, progress_message
 FROM done
 RETURNING id;
 
@@ -121,11 +166,19 @@ WITH d AS (
     FROM d
 )
 INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
-                                   scheduled_for, created_at, started_at, finished_at, worker_id, error_type)
+                                   scheduled_for, created_at, started_at, finished_at, worker_id, error_type,
+                                   group_key, unique_key, batch_id, has_dependants, progress, progress_message)
 SELECT id, queue, task, args, kwargs, priority, 'dead', attempt, max_attempts,
-       scheduled_for, created_at, started_at, now(), worker_id, %(error_type)s
+       scheduled_for, created_at, started_at, now(), worker_id, %(error_type)s,
+       group_key, unique_key, batch_id, has_dependants, progress, progress_message
 FROM d
 RETURNING id;
+
+-- name: job_progress_update
+-- Progress reported since the last flush, for jobs this worker still holds.
+UPDATE pgqueue.jobs AS j SET progress = p.progress, progress_message = p.message
+FROM unnest(%(progress_ids)s::bigint[], %(progress)s::real[], %(progress_messages)s::text[]) AS p(id, progress, message)
+WHERE j.id = p.id AND j.worker_id = %(worker_id)s AND j.state = 'running';
 
 -- name: job_release
 -- Graceful shutdown: hand unfinished jobs back to the queue at once. The interrupted attempt is not counted
@@ -141,17 +194,26 @@ SELECT r.queue, count(*), pg_notify('pgqueue_jobs', r.queue) FROM r GROUP BY r.q
 -- name: job_heartbeat
 -- Renew the lease of every job this worker holds and say the worker is alive, in one round trip. The ids
 -- renewed come back: a job the worker runs that is not among them was taken from it (its lease expired).
-WITH renewed AS (
-    UPDATE pgqueue.jobs SET lease_expires_at = now() + make_interval(secs => %(lease)s)
-    WHERE worker_id = %(worker_id)s AND state = 'running'
-    RETURNING id
+-- Progress reported by handlers since the last heartbeat rides along; jobs whose cancellation was requested
+-- come back too.
+WITH progress AS (
+    SELECT * FROM unnest(%(progress_ids)s::bigint[], %(progress)s::real[], %(progress_messages)s::text[])
+        AS p(id, progress, message)
+), renewed AS (
+    UPDATE pgqueue.jobs AS j
+    SET lease_expires_at = now() + make_interval(secs => %(lease)s),
+        progress = coalesce((SELECT p.progress FROM progress AS p WHERE p.id = j.id), j.progress),
+        progress_message = coalesce((SELECT p.message FROM progress AS p WHERE p.id = j.id), j.progress_message)
+    WHERE j.worker_id = %(worker_id)s AND j.state = 'running'
+    RETURNING j.id, j.cancel_requested
 ), w AS (
     UPDATE pgqueue.workers
     SET last_heartbeat_at = now(), jobs_done = %(jobs_done)s, jobs_failed = %(jobs_failed)s, state = %(state)s
     WHERE id = %(worker_id)s
     RETURNING id
 )
-SELECT array(SELECT id FROM renewed) AS renewed, (SELECT count(*) FROM w) AS registered;
+SELECT array(SELECT id FROM renewed) AS renewed, (SELECT count(*) FROM w) AS registered,
+       array(SELECT id FROM renewed WHERE cancel_requested) AS cancel_requested;
 
 -- name: job_reap_expired
 -- Reclaim jobs whose worker stopped renewing their lease (crashed, killed, partitioned away). The lost attempt
@@ -183,9 +245,11 @@ WITH expired AS (
 ), buried AS (
     INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
                                        scheduled_for, created_at, started_at, finished_at, worker_id,
-                                       error_type)
+                                       error_type, group_key, unique_key, batch_id, has_dependants, progress,
+                                       progress_message)
     SELECT id, queue, task, args, kwargs, priority, 'dead', attempt, max_attempts,
-           scheduled_for, created_at, started_at, now(), worker_id, 'LeaseExpired'
+           scheduled_for, created_at, started_at, now(), worker_id, 'LeaseExpired', group_key, unique_key,
+           batch_id, has_dependants, progress, progress_message
     FROM died
     RETURNING id
 ), woken AS (
@@ -217,11 +281,12 @@ SELECT extract(epoch FROM min(scheduled_for) - now())::float8 FROM pgqueue.jobs 
 -- name: job_get
 SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
        created_at, started_at, NULL::timestamptz AS finished_at, worker_id, NULL::text AS result,
-       lease_expires_at
+       lease_expires_at, progress, progress_message, group_key, unique_key, batch_id
 FROM pgqueue.jobs WHERE id = %(id)s
 UNION ALL
 SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
-       created_at, started_at, finished_at, worker_id, result::text, NULL
+       created_at, started_at, finished_at, worker_id, result::text, NULL, progress, progress_message, group_key,
+       unique_key, batch_id
 FROM pgqueue.finished_jobs WHERE id = %(id)s;
 
 -- name: job_errors_get
@@ -233,13 +298,14 @@ FROM pgqueue.job_errors WHERE job_id = %(id)s ORDER BY id;
 SELECT * FROM (
     SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
            created_at, started_at, NULL::timestamptz AS finished_at, worker_id, NULL::text AS result,
-           lease_expires_at
+           lease_expires_at, progress, progress_message, group_key, unique_key, batch_id
     FROM pgqueue.jobs
     WHERE (%(queue)s::text IS NULL OR queue = %(queue)s) AND (%(task)s::text IS NULL OR task = %(task)s)
       AND (%(state)s::text IS NULL OR state = %(state)s)
     UNION ALL
     SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
-           created_at, started_at, finished_at, worker_id, result::text, NULL
+           created_at, started_at, finished_at, worker_id, result::text, NULL, progress, progress_message,
+           group_key, unique_key, batch_id
     FROM pgqueue.finished_jobs
     WHERE (%(queue)s::text IS NULL OR queue = %(queue)s) AND (%(task)s::text IS NULL OR task = %(task)s)
       AND (%(state)s::text IS NULL OR state = %(state)s)
@@ -250,30 +316,57 @@ LIMIT %(limit)s;
 -- name: job_cancel
 -- Cancel a job that has not started: it moves to finished_jobs as cancelled and will never run.
 WITH c AS (
-    DELETE FROM pgqueue.jobs WHERE id = %(id)s AND state IN ('scheduled', 'queued') RETURNING *
+    DELETE FROM pgqueue.jobs WHERE id = %(id)s AND state IN ('waiting', 'scheduled', 'queued') RETURNING *
 )
 INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
-                                   scheduled_for, created_at, started_at, finished_at, worker_id)
+                                   scheduled_for, created_at, started_at, finished_at, worker_id, group_key,
+                                   unique_key, batch_id, has_dependants)
 SELECT id, queue, task, args, kwargs, priority, 'cancelled', attempt, max_attempts,
-       scheduled_for, created_at, started_at, now(), worker_id
+       scheduled_for, created_at, started_at, now(), worker_id, group_key, unique_key, batch_id, has_dependants
+FROM c
+RETURNING id;
+
+-- name: job_cancel_running
+-- Ask the worker running a job to stop it: the flag is read at heartbeat, and the notification tells the
+-- worker at once. The handler sees ctx.cancelled (or, if async, a CancelledError) and the job ends cancelled.
+WITH r AS (
+    UPDATE pgqueue.jobs SET cancel_requested = true WHERE id = %(id)s AND state = 'running' RETURNING id
+)
+SELECT id, pg_notify('pgqueue_control', 'cancel:' || id) FROM r;
+
+-- name: job_cancelled
+-- The worker stopped a job whose cancellation was requested (fenced like every write of an attempt).
+WITH c AS (
+    DELETE FROM pgqueue.jobs
+    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running'
+    RETURNING *
+)
+INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
+                                   scheduled_for, created_at, started_at, finished_at, worker_id, group_key,
+                                   unique_key, batch_id, has_dependants, progress, progress_message)
+SELECT id, queue, task, args, kwargs, priority, 'cancelled', attempt, max_attempts,
+       scheduled_for, created_at, started_at, now(), worker_id, group_key, unique_key, batch_id, has_dependants,
+       progress, progress_message
 FROM c
 RETURNING id;
 
 -- name: job_retry_finished
 -- Bring dead (and, by id, cancelled) jobs back to the queue in one statement, however many. Attempt numbers
 -- keep counting (they fence old workers); each job gets at least one more attempt.
+-- A job whose unique key a live job now holds stays where it is.
 WITH moved AS (
-    DELETE FROM pgqueue.finished_jobs
+    DELETE FROM pgqueue.finished_jobs AS f
     WHERE state = ANY(%(states)s::text[])
       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
       AND (%(task)s::text IS NULL OR task = %(task)s)
       AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (f.unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM pgqueue.jobs j WHERE j.unique_key = f.unique_key))
     RETURNING *
 )
 INSERT INTO pgqueue.jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
-                          scheduled_for, created_at)
+                          scheduled_for, created_at, group_key, unique_key, batch_id, has_dependants)
 SELECT id, queue, task, args, kwargs, priority, 'queued', attempt, greatest(max_attempts, attempt + 1),
-       now(), created_at
+       now(), created_at, group_key, unique_key, batch_id, has_dependants
 FROM moved
 RETURNING id;
 
@@ -336,7 +429,7 @@ FROM pgqueue.worker_stats ORDER BY started_at;
 
 -- name: queue_stats
 SELECT queue, scheduled, queued, running, dead, oldest_queued_age, succeeded_last_minute, failed_last_minute,
-       dead_last_minute
+       dead_last_minute, waiting, paused
 FROM pgqueue.queue_stats ORDER BY queue;
 
 -- name: job_count_by_state
@@ -350,7 +443,7 @@ SELECT state, count(*) FROM pgqueue.finished_jobs WHERE id = ANY(%(ids)s::bigint
 SELECT pg_try_advisory_xact_lock(%(key)s::bigint);
 
 -- name: notify_listen
-LISTEN pgqueue_jobs;
+LISTEN pgqueue_jobs; LISTEN pgqueue_control;
 
 -- name: demo_summary
 SELECT task, count(*), count(*) FILTER (WHERE state = 'succeeded'), count(*) FILTER (WHERE state = 'dead'),
@@ -358,3 +451,7 @@ SELECT task, count(*), count(*) FILTER (WHERE state = 'succeeded'), count(*) FIL
        coalesce(avg(attempt) FILTER (WHERE state <> 'cancelled'), 0)::float8
 FROM pgqueue.finished_jobs WHERE id = ANY(%(ids)s::bigint[])
 GROUP BY task ORDER BY task;
+
+-- name: snapshot_consistent
+-- First statement of a read-only transaction whose several reads must agree with each other.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;

@@ -30,3 +30,13 @@ def sleep(ctx: Context, seconds: float) -> float:
     time.sleep(seconds)
     _log(f"end {ctx.job_id} {ctx.attempt}")
     return seconds
+
+
+@app.task(name="t.tick")
+def tick() -> None:
+    """Enqueued by a cron schedule in the tests."""
+
+
+@app.task(name="t.hold")
+def hold(seconds: float) -> None:
+    time.sleep(seconds)

@@ -26,7 +26,8 @@ def test_listener_reconnects_after_its_connection_is_killed(app: App, db: psycop
         assert notifier is not None
         wait_for(notifier.listening.is_set)
         killed = db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE query ILIKE 'LISTEN pgqueue_jobs%' AND pid <> pg_backend_pid()").fetchall()
+                            "WHERE query ILIKE 'LISTEN pgqueue_jobs%' AND pid <> pg_backend_pid() "
+                            "AND datname = current_database()").fetchall()
         assert killed == [(True,)]
         wait_for(lambda: notifier.reconnects >= 1 and notifier.listening.is_set(), timeout=10)
         time.sleep(0.2)

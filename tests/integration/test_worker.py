@@ -107,7 +107,7 @@ def test_idle_worker_wakes_on_notify_long_before_the_safety_poll(app: App, db: p
 
 
 def test_failures_retry_with_backoff_then_go_dead_with_every_error(app: App) -> None:
-    @app.task(max_attempts=3, retry_base=0.4, retry_cap=10)
+    @app.task(max_attempts=3, retry_base=1.0, retry_cap=1.0)
     def flaky() -> None:
         raise ConnectionError("upstream down")
 
