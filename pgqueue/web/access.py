@@ -59,6 +59,7 @@ class Services:
 
     settings: Settings
     db: Database
+    app: App
     hub: Hub
     exporter: Exporter
     overview: Overview

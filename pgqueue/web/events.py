@@ -51,7 +51,7 @@ class Hub:
         self.closed = asyncio.Event()
         self.notifier = Notifier(dsn, self._on_notify)
 
-    def _on_notify(self, _queue: str | None) -> None:
+    def _on_notify(self, _channel: str, _payload: str | None) -> None:
         self.notifications += 1
         self._dirty.set()
 

@@ -15,8 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
+from pgqueue.app import _insert_one_async as insert_one
 from pgqueue.errors import PayloadTooLarge, ValidationError
-from pgqueue.job import encode_payload
+from pgqueue.job import Job
+from pgqueue.task import EnqueueOptions
 from pgqueue.web import cursors
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
@@ -52,65 +54,63 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Job id.")]
 
 
-def _summary(row: tuple[Any, ...]) -> JobSummary:
-    (id_, queue, task, _args, _kwargs, priority, state, attempt, max_attempts, scheduled_for, created_at,
-     started_at, finished_at, worker_id, _result, _lease) = row
-    return JobSummary(id=id_, queue=queue, task=task, state=state, priority=priority, attempt=attempt,
-                      max_attempts=max_attempts, scheduled_for=scheduled_for, created_at=created_at,
-                      started_at=started_at, finished_at=finished_at,
-                      worker_id=str(worker_id) if worker_id else None)
+def _summary(job: Job) -> JobSummary:
+    return JobSummary(id=job.id, queue=job.queue, task=job.task, state=JobState(job.state.value), priority=job.priority,
+                      attempt=job.attempt, max_attempts=job.max_attempts, scheduled_for=job.scheduled_for,
+                      created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                      worker_id=str(job.worker_id) if job.worker_id else None, progress=job.progress,
+                      progress_message=job.progress_message, group_key=job.group_key, unique_key=job.unique_key,
+                      batch_id=job.batch_id)
 
 
 # -- enqueue ------------------------------------------------------------------------------------------------------
 
-def _check_pending(body: JobCreate) -> None:
+def _insert_params(svc: Services, body: JobCreate) -> dict[str, Any]:
+    """The parameters of the core's insert, through the App's own checks (task, arguments, options, size)."""
     if body.idempotency_key is not None:
         raise pending_feature("idempotency_key", "issue 4, idempotent enqueue")
-    if body.unique_key is not None:
-        raise pending_feature("unique_key", "issue 3, unique jobs")
-    if body.depends_on is not None:
-        raise pending_feature("depends_on", "issue 3, job dependencies")
-
-
-def _insert_params(svc: Services, body: JobCreate) -> dict[str, Any]:
-    app = svc.settings.app
-    task = app.tasks.get(body.task) if app is not None else None
-    if app is not None and app.tasks and task is None:
+    app = svc.app
+    task = app.tasks.get(body.task)
+    if app.tasks and task is None:
         raise invalid("task", f"no task {body.task!r} is registered in the served app")
     if task is not None:
         try:
             task.check_arguments(body.args, body.kwargs)
         except ValidationError as err:
             raise invalid("args", str(err)) from None
+    options = EnqueueOptions(queue=body.queue, priority=body.priority, run_at=body.run_at, delay=body.delay,
+                             max_attempts=body.max_attempts, group=body.group, unique_key=body.unique_key,
+                             depends_on=body.depends_on, on_parent_failure=body.on_parent_failure)
     try:
-        args_text, kwargs_text = encode_payload(body.args, body.kwargs, svc.settings.max_payload_bytes)
+        return app._insert_params(task, body.task, body.args, body.kwargs, options)
     except PayloadTooLarge as err:
         raise ApiError(413, "payload_too_large", str(err),
                        [FieldProblem(field="args", location="body", message=str(err))]) from None
     except ValidationError as err:
         raise invalid("args", str(err)) from None
-    return {
-        "task": body.task,
-        "queue": body.queue or (task.queue if task else "default"),
-        "priority": body.priority if body.priority is not None else (task.priority if task else 0),
-        "max_attempts": body.max_attempts if body.max_attempts is not None else (task.max_attempts if task else 10),
-        "run_at": body.run_at,
-        "delay": body.delay,
-        "args": args_text,
-        "kwargs": kwargs_text,
-    }
 
 
 @router.post("/jobs", status_code=201, response_model=JobCreated, summary="Enqueue a job",
              responses=responses(401, 403, 413, 422))
 async def create_job(body: JobCreate, svc: Annotated[Services, Depends(require(Scope.ENQUEUE))]) -> JobCreated:
-    """Enqueue one job. Returns its id, state and, when queued, how many jobs of its queue run before it."""
-    _check_pending(body)
+    """Enqueue one job. Returns its id, state and, when queued, how many jobs of its queue run before it.
+    With a ``unique_key`` already held, the job holding it is returned (and nothing is enqueued)."""
     params = _insert_params(svc, body)
+    if body.depends_on:
+        missing = await svc.db.fetch("web_jobs_missing", {"ids": body.depends_on})
+        if missing:
+            message = f"depends_on names job {missing[0][0]}, which does not exist"
+            raise ApiError(404, "not_found", message,
+                           [FieldProblem(field="depends_on", location="body", message=message)])
     async with svc.db.transaction() as conn:
-        rows = await svc.db.fetch("job_insert", params, conn)
-        job_id, state, scheduled_for, created_at = rows[0]
+        job_id, state, scheduled_for, created_at = await insert_one(conn, params)
         position = await svc.db.fetch("web_job_queue_position", {"id": job_id}, conn)
+        if params["unique_key"] is not None:  # the job may be the one that already held the key
+            held = await svc.db.fetch("job_get", {"id": job_id}, conn)
+            if held:
+                job = Job.from_row(held[0])
+                state, scheduled_for, created_at = job.state.value, job.scheduled_for, job.created_at
+                params = {**params, "queue": job.queue, "task": job.task}
     svc.hub.poke()
     return JobCreated(id=job_id, state=state, queue=params["queue"], task=params["task"],
                       queue_position=position[0][0] if position else None, scheduled_for=scheduled_for,
@@ -127,7 +127,7 @@ async def list_jobs(svc: Annotated[Services, Depends(require(Scope.READ))], queu
     """Jobs live and finished, newest first, a page at a time (keyset pagination: stable under inserts)."""
     rows = await svc.db.fetch("web_job_page", {"queue": queue, "state": state.value if state else None,
                                                "task": task, "before": cursor, "limit": limit})
-    items = [_summary(row) for row in rows]
+    items = [_summary(Job.from_row(row)) for row in rows]
     next_cursor = items[-1].id if len(items) == limit else None
     return JobPage(items=items, next_cursor=next_cursor)
 
@@ -136,14 +136,12 @@ async def job_detail(svc: Services, job_id: int) -> JobDetail:
     rows = await svc.db.fetch("job_get", {"id": job_id})
     if not rows:
         raise not_found(f"no job with id {job_id}")
-    row = rows[0]
+    job = Job.from_row(rows[0])
     errors = [AttemptError(attempt=e[0], kind=e[1], error_type=e[2], message=e[3], traceback=e[4],
                            worker_id=str(e[5]) if e[5] else None, started_at=e[6], failed_at=e[7])
               for e in await svc.db.fetch("job_errors_get", {"id": job_id})]
-    summary = _summary(row)
-    return JobDetail(**summary.model_dump(), args=json.loads(row[3]), kwargs=json.loads(row[4]),
-                     result=None if row[14] is None else json.loads(row[14]), lease_expires_at=row[15],
-                     errors=errors)
+    return JobDetail(**_summary(job).model_dump(), args=job.args, kwargs=job.kwargs, result=job.result,
+                     lease_expires_at=job.lease_expires_at, errors=errors)
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job with every attempt's error",
@@ -165,12 +163,15 @@ async def _state_of(svc: Services, job_id: int) -> str:
 @router.delete("/jobs/{job_id}", response_model=JobAction, summary="Cancel a job",
                responses=responses(401, 403, 404, 409, 422))
 async def cancel_job(job_id: JobIdPath, svc: Annotated[Services, Depends(require(Scope.ADMIN))]) -> JobAction:
-    """Cancel a scheduled or queued job: it will never run. A running or finished job gives 409."""
+    """Cancel a job. One that has not started never runs (state cancelled); a running one is asked to stop
+    (cancel_requested: its handler sees ``ctx.cancelled`` and the job ends cancelled). A finished job gives 409."""
     if await svc.db.fetch("job_cancel", {"id": job_id}):
         svc.hub.poke()
         return JobAction(id=job_id, state=JobState.cancelled)
+    if await svc.db.fetch("job_cancel_running", {"id": job_id}):
+        return JobAction(id=job_id, state=JobState.running, cancel_requested=True)
     state = await _state_of(svc, job_id)
-    raise conflict(f"job {job_id} is {state}; only scheduled or queued jobs can be cancelled")
+    raise conflict(f"job {job_id} is {state}; only unfinished jobs can be cancelled")
 
 
 @router.post("/jobs/{job_id}/retry", response_model=JobAction, summary="Queue a dead or cancelled job again",

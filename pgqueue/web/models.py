@@ -86,6 +86,9 @@ Attempts = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(exact_int)]
 Concurrency = Annotated[int, Field(ge=1, le=10_000), BeforeValidator(exact_int)]
 Threshold = Annotated[float, Field(ge=0, le=1e12), BeforeValidator(exact_number)]
 Window = Annotated[int, Field(ge=10, le=86_400), BeforeValidator(exact_int)]
+Key = Annotated[Text, Field(min_length=1, max_length=200)]
+Count = Annotated[int, Field(ge=0, le=1_000_000_000), BeforeValidator(exact_int)]
+Seconds = Annotated[float, Field(gt=0, le=10 * 365 * 86400), BeforeValidator(exact_number)]
 
 
 class Strict(BaseModel):
@@ -96,6 +99,7 @@ class Strict(BaseModel):
 
 
 class JobState(str, Enum):
+    waiting = "waiting"
     scheduled = "scheduled"
     queued = "queued"
     running = "running"
@@ -122,11 +126,17 @@ class JobCreate(Strict):
     run_at: Time | None = Field(default=None, description="Run at this time (with a timezone). Not with delay.")
     delay: Delay | None = Field(default=None, description="Run after this many seconds. Not with run_at.")
     max_attempts: Attempts | None = None
-    # Pending features (issues 3 and 4): accepted so that a client using them gets a clear 501 rather than a
-    # silently ignored option; kept out of the OpenAPI document until they exist.
+    group: Key | None = Field(default=None, description="The job's group within its queue (fairness, limits).")
+    unique_key: Key | None = Field(default=None, description="While a job with this key is unfinished (and "
+                                   "unique_for seconds after), enqueueing returns that job instead of a new one.")
+    unique_for: Delay | None = Field(default=None, description="Seconds a finished job keeps holding its key.")
+    depends_on: Annotated[list[JobId], Field(min_length=1, max_length=1000)] | None = Field(
+        default=None, description="Jobs that must finish first; the job waits until they have.")
+    on_parent_failure: Literal["cancel", "run"] = Field(
+        default="cancel", description="When a parent ends dead or cancelled: cancel this job, or run it anyway.")
+    # Pending (issue 4): accepted so that a client using it gets a clear 501 rather than a silently ignored
+    # option; kept out of the OpenAPI document until it exists.
     idempotency_key: SkipJsonSchema[str | None] = None
-    unique_key: SkipJsonSchema[str | None] = None
-    depends_on: SkipJsonSchema[list[int] | None] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -160,6 +170,11 @@ class JobSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     worker_id: str | None
+    progress: float | None
+    progress_message: str | None
+    group_key: str | None
+    unique_key: str | None
+    batch_id: int | None
 
 
 class AttemptError(BaseModel):
@@ -189,6 +204,8 @@ class JobPage(BaseModel):
 class JobAction(BaseModel):
     id: int
     state: JobState
+    cancel_requested: bool = Field(default=False, description="A running job was asked to stop; it ends "
+                                                               "cancelled once its handler returns.")
 
 
 # -- dead letters -------------------------------------------------------------------------------------------------
@@ -250,6 +267,20 @@ class Health(str, Enum):
     red = "red"
 
 
+class QueueLimits(Strict):
+    """A queue's limits, enforced at claim time across every worker; a field left out (or null) is no limit.
+    Rates are a number of starts per period in seconds."""
+
+    concurrency: Count | None = None
+    rate_limit: Count | None = None
+    rate_period: Seconds | None = None
+    group_concurrency: Count | None = None
+    group_rate_limit: Count | None = None
+    group_rate_period: Seconds | None = None
+    fair: Bool = False
+    priority_aging: Seconds | None = None
+
+
 class QueueInfo(BaseModel):
     queue: str
     scheduled: int
@@ -268,6 +299,8 @@ class QueueInfo(BaseModel):
     live_workers: int
     health: Health
     health_reason: str
+    paused: bool = False
+    limits: QueueLimits | None = None
 
 
 class WorkerInfo(BaseModel):
@@ -292,6 +325,53 @@ class ConcurrencyRequest(Strict):
     """The concurrency a worker should run with; it applies it at its next heartbeat."""
 
     concurrency: Concurrency
+
+
+# -- schedules and batches ------------------------------------------------------------------------------------------
+
+class ScheduleCreate(Strict):
+    """A cron schedule: enqueue ``task`` at each time ``cron`` gives, in ``timezone``."""
+
+    name: TaskName
+    cron: Annotated[Text, Field(min_length=1, max_length=200, examples=["*/5 * * * *"])]
+    task: TaskName
+    timezone: Annotated[Text, Field(min_length=1, max_length=100)] = "UTC"
+    args: list[Any] = Field(default_factory=list, max_length=10_000)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: QueueName = "default"
+    priority: Priority = 0
+    max_attempts: Attempts = 10
+    missed: Literal["once", "all", "skip"] = "once"
+    max_catchup: Annotated[int, Field(ge=1, le=10_000), BeforeValidator(exact_int)] = 100
+
+
+class ScheduleInfo(BaseModel):
+    name: str
+    cron: str
+    timezone: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str
+    priority: int
+    max_attempts: int
+    missed: str
+    max_catchup: int
+    paused: bool
+    source: str
+    last_tick_at: datetime | None
+
+
+class BatchInfo(BaseModel):
+    id: int
+    name: str
+    total: int
+    counts: dict[str, int]
+    finished: int
+    progress: float
+    done: bool
+    callback_job_id: int | None
+    created_at: datetime
 
 
 # -- charts -------------------------------------------------------------------------------------------------------

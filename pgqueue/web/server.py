@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pgqueue import __version__
+from pgqueue.app import App
 from pgqueue.web import alerts, charts, dashboard, jobs, metrics, pending, queues, workers
 from pgqueue.web.access import Services, Settings, principal, require
 from pgqueue.web.auth import Scope as TokenScope
@@ -92,7 +93,8 @@ def _services(settings: Settings) -> Services:
     overview = Overview(db)
     hub = Hub(db, settings.dsn, overview, push_interval=settings.push_interval, tick=settings.tick)
     exporter = Exporter(db, hub)
-    return Services(settings=settings, db=db, hub=hub, exporter=exporter, overview=overview)
+    app = settings.app or App(dsn=settings.dsn, max_payload_bytes=settings.max_payload_bytes)
+    return Services(settings=settings, db=db, app=app, hub=hub, exporter=exporter, overview=overview)
 
 
 def shutting_down(app: FastAPI) -> None:
@@ -124,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await svc.db.close()
+            await asyncio.to_thread(svc.app.close)
 
     app = FastAPI(
         title="pgqueue", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,

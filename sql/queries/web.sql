@@ -33,11 +33,12 @@ UPDATE pgqueue.api_tokens SET revoked_at = now() WHERE id = %(id)s AND revoked_a
 
 -- name: web_job_page
 -- One page of jobs, newest first, after the cursor %(before)s (an id; NULL: from the newest). Each branch reads
--- its table's primary key backwards, so the planner merges two index scans and stops at the LIMIT.
+-- its table's primary key backwards, so the planner merges two index scans and stops at the LIMIT. Columns as
+-- job_get (Job.from_row).
 SELECT * FROM (
     (SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
             created_at, started_at, NULL::timestamptz AS finished_at, worker_id, NULL::text AS result,
-            lease_expires_at
+            lease_expires_at, progress, progress_message, group_key, unique_key, batch_id
      FROM pgqueue.jobs
      WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
        AND (%(queue)s::text IS NULL OR queue = %(queue)s) AND (%(task)s::text IS NULL OR task = %(task)s)
@@ -45,7 +46,8 @@ SELECT * FROM (
      ORDER BY id DESC LIMIT %(limit)s)
     UNION ALL
     (SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,
-            created_at, started_at, finished_at, worker_id, result::text, NULL
+            created_at, started_at, finished_at, worker_id, result::text, NULL, progress, progress_message,
+            group_key, unique_key, batch_id
      FROM pgqueue.finished_jobs
      WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
        AND (%(queue)s::text IS NULL OR queue = %(queue)s) AND (%(task)s::text IS NULL OR task = %(task)s)
@@ -418,3 +420,10 @@ WHERE id = %(id)s;
 
 -- name: leader_try_lock
 SELECT pg_try_advisory_lock(%(key)s::bigint);
+
+-- name: web_jobs_missing
+-- Which of these ids name no job, live or finished (depends_on must name jobs that exist).
+SELECT i FROM unnest(%(ids)s::bigint[]) AS i
+WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs j WHERE j.id = i)
+  AND NOT EXISTS (SELECT 1 FROM pgqueue.finished_jobs f WHERE f.id = i)
+ORDER BY i;

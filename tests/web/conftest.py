@@ -83,9 +83,9 @@ def serve(app: App, dsn: str) -> Iterator[Callable[..., Live]]:
         live.stop()
 
 
-@pytest.fixture(scope="session")
-def tokens(dsn: str) -> dict[str, str]:
-    """One token per scope, made once per run (the app fixture does not truncate api_tokens)."""
+@pytest.fixture
+def tokens(app: App, dsn: str) -> dict[str, str]:
+    """One token per scope, made after the app fixture emptied every table."""
     return {scope: create_token(dsn, f"test-{scope}", [scope]) for scope in ("read", "enqueue", "admin")}
 
 

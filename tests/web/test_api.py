@@ -59,10 +59,24 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("kwargs a list", {"task": "t", "kwargs": [1]}, 422, "kwargs"),
     ("unknown field", {"task": "t", "colour": "red"}, 422, "colour"),
     ("body a list", [{"task": "t"}], 422, "body"),
+    ("empty unique key", {"task": "t", "unique_key": ""}, 422, "unique_key"),
+    ("depends_on not ids", {"task": "t", "depends_on": ["a"]}, 422, "depends_on.0"),
+    ("depends_on on a missing job", {"task": "t", "depends_on": [987654]}, 404, "depends_on"),
+    ("bad on_parent_failure", {"task": "t", "depends_on": [1], "on_parent_failure": "sulk"}, 422,
+     "on_parent_failure"),
     ("idempotency key (pending)", {"task": "t", "idempotency_key": "k"}, 501, ""),
-    ("unique key (pending)", {"task": "t", "unique_key": "k"}, 501, ""),
-    ("depends_on (pending)", {"task": "t", "depends_on": [1]}, 501, ""),
 ]
+
+
+def test_unique_keys_dependencies_and_groups(client: httpx.Client, app: App) -> None:
+    first = client.post("/jobs", json={"task": "t.report", "unique_key": "daily", "group": "acme"}).json()
+    again = client.post("/jobs", json={"task": "t.report", "unique_key": "daily"}).json()
+    assert again["id"] == first["id"]  # the key is held: the same job comes back
+    child = client.post("/jobs", json={"task": "t.after", "depends_on": [first["id"]]}).json()
+    assert child["state"] == "waiting" and child["queue_position"] is None
+    detail = client.get(f"/jobs/{first['id']}").json()
+    assert (detail["unique_key"], detail["group_key"]) == ("daily", "acme")
+    assert [j["state"] for j in client.get("/jobs", params={"state": "waiting"}).json()["items"]] == ["waiting"]
 
 
 @pytest.mark.parametrize(("case", "body", "status", "field"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
@@ -136,12 +150,14 @@ def test_read_cancel_and_retry(client: httpx.Client, app: App) -> None:
     assert error["error_type"] == "Fatal" and "card is invalid" in error["message"]
     assert "Traceback" in error["traceback"]
 
-    assert client.post(f"/jobs/{dead.id}/retry").json() == {"id": dead.id, "state": "queued"}
+    assert client.post(f"/jobs/{dead.id}/retry").json() == {"id": dead.id, "state": "queued",
+                                                            "cancel_requested": False}
     assert app.job(dead.id).state is JobState.QUEUED
     again = client.post(f"/jobs/{dead.id}/retry")
     assert again.status_code == 409 and "queued" in again.json()["message"]
 
-    assert client.delete(f"/jobs/{dead.id}").json() == {"id": dead.id, "state": "cancelled"}
+    assert client.delete(f"/jobs/{dead.id}").json() == {"id": dead.id, "state": "cancelled",
+                                                        "cancel_requested": False}
     assert app.job(dead.id).state is JobState.CANCELLED
     assert client.delete(f"/jobs/{dead.id}").status_code == 409
     assert client.post(f"/jobs/{dead.id}/retry").status_code == 200  # cancelled jobs can be retried
