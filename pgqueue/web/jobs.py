@@ -91,7 +91,7 @@ def _insert_params(svc: Services, body: JobCreate) -> dict[str, Any]:
 
 
 @router.post("/jobs", status_code=201, response_model=JobCreated, summary="Enqueue a job",
-             responses=responses(401, 403, 413, 422))
+             responses=responses(401, 403, 404, 413, 422, 501))
 async def create_job(body: JobCreate, svc: Annotated[Services, Depends(require(Scope.ENQUEUE))]) -> JobCreated:
     """Enqueue one job. Returns its id, state and, when queued, how many jobs of its queue run before it.
     With a ``unique_key`` already held, the job holding it is returned (and nothing is enqueued)."""

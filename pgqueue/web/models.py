@@ -42,7 +42,7 @@ def storable(text: str) -> str:
     return text
 
 
-Text = Annotated[str, AfterValidator(storable)]
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$"), AfterValidator(storable)]
 
 
 def exact_int(value: Any) -> Any:
@@ -115,8 +115,10 @@ class JobCreate(Strict):
     Options left out take the task's defaults when the server knows the task (``--app``), else the global ones.
     """
 
-    # run_at and delay exclude each other; the document says so, so generated clients and fuzzers know it.
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["run_at", "delay"]}})
+    # run_at and delay exclude each other, and so (for now) do unique_key and depends_on: the document says so,
+    # so generated clients and fuzzers know it.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [
+        {"not": {"required": ["run_at", "delay"]}}, {"not": {"required": ["unique_key", "depends_on"]}}]})
 
     task: TaskName
     queue: QueueName | None = None
@@ -129,7 +131,6 @@ class JobCreate(Strict):
     group: Key | None = Field(default=None, description="The job's group within its queue (fairness, limits).")
     unique_key: Key | None = Field(default=None, description="While a job with this key is unfinished (and "
                                    "unique_for seconds after), enqueueing returns that job instead of a new one.")
-    unique_for: Delay | None = Field(default=None, description="Seconds a finished job keeps holding its key.")
     depends_on: Annotated[list[JobId], Field(min_length=1, max_length=1000)] | None = Field(
         default=None, description="Jobs that must finish first; the job waits until they have.")
     on_parent_failure: Literal["cancel", "run"] = Field(
@@ -140,9 +141,12 @@ class JobCreate(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _one_time(cls, data: Any) -> Any:
+    def _exclusive(cls, data: Any) -> Any:
         if isinstance(data, dict) and "run_at" in data and "delay" in data:
             raise ValueError("give run_at or delay, not both")
+        if isinstance(data, dict) and "unique_key" in data and "depends_on" in data:
+            # The core's dependent insert does not take the unique-key path: refused until it does.
+            raise ValueError("unique_key and depends_on cannot be combined yet")
         return data
 
 
@@ -267,16 +271,22 @@ class Health(str, Enum):
     red = "red"
 
 
+class Rate(Strict):
+    """At most ``limit`` job starts per ``period`` seconds."""
+
+    limit: Count
+    period: Seconds
+
+
 class QueueLimits(Strict):
     """A queue's limits, enforced at claim time across every worker; a field left out (or null) is no limit.
-    Rates are a number of starts per period in seconds."""
+    ``group_*`` apply to each group of the queue; ``fair`` shares claims between groups; ``priority_aging``:
+    seconds of waiting worth one priority step."""
 
     concurrency: Count | None = None
-    rate_limit: Count | None = None
-    rate_period: Seconds | None = None
+    rate: Rate | None = None
     group_concurrency: Count | None = None
-    group_rate_limit: Count | None = None
-    group_rate_period: Seconds | None = None
+    group_rate: Rate | None = None
     fair: Bool = False
     priority_aging: Seconds | None = None
 
@@ -445,7 +455,8 @@ class AlertRuleCreate(Strict):
     queue: QueueName | None = None
     threshold: Threshold
     window_seconds: Window = 300
-    webhook_url: Text = Field(pattern=r"^https?://[^\s]+$", max_length=2000)
+    webhook_url: Annotated[str, Field(pattern=r"^https?://[^\s\x00]+$", max_length=2000),
+                           AfterValidator(storable)]
     enabled: Bool = True
 
 

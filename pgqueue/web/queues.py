@@ -2,6 +2,7 @@
 
 Health, so the overview reads at a glance:
 
+- amber first of all when the queue is paused.
 - red: jobs wait and no live worker serves the queue; or at least half the attempts of the last minute failed;
   or the oldest queued job has waited over 5 minutes.
 - amber: at least 10% of the last minute's attempts failed; or the oldest queued job has waited over a minute;
@@ -11,16 +12,18 @@ Health, so the overview reads at a glance:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
+from pgqueue.errors import ValidationError
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
 from pgqueue.web.database import Database
-from pgqueue.web.models import Health, QueueInfo
-from pgqueue.web.problems import not_found, responses
+from pgqueue.web.models import Health, QueueInfo, QueueLimits, Rate
+from pgqueue.web.problems import invalid, not_found, responses
 
 router = APIRouter(tags=["queues"])
 
@@ -30,6 +33,8 @@ QueuePath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,100}$", description
 def health(info: dict[str, Any]) -> tuple[Health, str]:
     """The colour of a queue and why, from its overview figures."""
     rate, oldest = info["failure_rate"], info["oldest_queued_age"] or 0.0
+    if info["paused"]:
+        return Health.amber, "paused: workers claim nothing from it until it is resumed"
     if info["queued"] and not info["live_workers"]:
         return Health.red, "jobs are queued and no live worker serves this queue"
     if rate is not None and rate >= 0.5:
@@ -43,6 +48,16 @@ def health(info: dict[str, Any]) -> tuple[Health, str]:
     if info["dead_last_hour"]:
         return Health.amber, f"{info['dead_last_hour']} jobs went dead in the last hour"
     return Health.green, "ok"
+
+
+def limits(row: tuple[Any, ...]) -> QueueLimits:
+    """A row of queue_settings_list as the API shows limits."""
+    (_, _, concurrency, rate, rate_period, group_concurrency, group_rate, group_rate_period, fair, aging) = row
+    return QueueLimits(
+        concurrency=concurrency, rate=Rate(limit=rate, period=rate_period) if rate is not None else None,
+        group_concurrency=group_concurrency,
+        group_rate=Rate(limit=group_rate, period=group_rate_period) if group_rate is not None else None,
+        fair=fair, priority_aging=aging)
 
 
 class Overview:
@@ -60,6 +75,7 @@ class Overview:
             rows = await self._db.fetch("web_queue_hour")
             self._hour = {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in rows}
             self._hour_read = time.monotonic()
+        settings = {row[0]: row for row in await self._db.fetch("queue_settings_list")}
         out = []
         for row in await self._db.fetch("web_queue_overview"):
             (queue, scheduled, queued, running, dead, oldest, ok_1m, failed_1m, dead_1m, live) = row
@@ -73,6 +89,8 @@ class Overview:
                 "dead_last_minute": dead_1m, "succeeded_last_hour": ok_1h, "failed_last_hour": failed_1h,
                 "dead_last_hour": dead_1h, "rate_per_second": (ok_1m + dead_1m) / 60.0,
                 "failure_rate": failed_1m / attempts if attempts else None, "live_workers": live,
+                "paused": bool(settings[queue][1]) if queue in settings else False,
+                "limits": limits(settings[queue]) if queue in settings else None,
             }
             info["health"], info["health_reason"] = health(info)
             out.append(QueueInfo(**info))
@@ -93,3 +111,45 @@ async def get_queue(queue: QueuePath, svc: Annotated[Services, Depends(require(S
         if info.queue == queue:
             return info
     raise not_found(f"no queue {queue!r} has jobs, dead letters or recent history")
+
+
+async def _one(svc: Services, queue: str) -> QueueInfo:
+    svc.hub.poke()
+    for info in await svc.overview.read():
+        if info.queue == queue:
+            return info
+    raise not_found(f"no queue {queue!r}")
+
+
+@router.post("/queues/{queue}/pause", response_model=QueueInfo, summary="Pause a queue",
+             responses=responses(401, 403, 422))
+async def pause(queue: QueuePath, svc: Annotated[Services, Depends(require(Scope.ADMIN))]) -> QueueInfo:
+    """Workers claim nothing more from the queue (running jobs finish) until it is resumed."""
+    await asyncio.to_thread(svc.app.pause_queue, queue)
+    return await _one(svc, queue)
+
+
+@router.post("/queues/{queue}/resume", response_model=QueueInfo, summary="Resume a paused queue",
+             responses=responses(401, 403, 422))
+async def resume(queue: QueuePath, svc: Annotated[Services, Depends(require(Scope.ADMIN))]) -> QueueInfo:
+    await asyncio.to_thread(svc.app.resume_queue, queue)
+    return await _one(svc, queue)
+
+
+@router.put("/queues/{queue}/limits", response_model=QueueLimits, summary="Set a queue's limits",
+            responses=responses(401, 403, 422))
+async def set_limits(queue: QueuePath, body: QueueLimits, svc: Annotated[Services, Depends(require(Scope.ADMIN))]
+                     ) -> QueueLimits:
+    """Replace the queue's limits (a field left out: no such limit). Enforced at claim time, across workers."""
+    rate = (body.rate.limit, body.rate.period) if body.rate else None
+    group_rate = (body.group_rate.limit, body.group_rate.period) if body.group_rate else None
+    try:
+        await asyncio.to_thread(
+            svc.app.configure_queue, queue, concurrency=body.concurrency, rate=rate,
+            group_concurrency=body.group_concurrency, group_rate=group_rate, fair=body.fair,
+            priority_aging=body.priority_aging)
+    except ValidationError as err:
+        raise invalid("body", str(err)) from None
+    svc.hub.poke()
+    rows = [r for r in await svc.db.fetch("queue_settings_list") if r[0] == queue]
+    return limits(rows[0])

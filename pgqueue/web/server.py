@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pgqueue import __version__
 from pgqueue.app import App
-from pgqueue.web import alerts, charts, dashboard, jobs, metrics, pending, queues, workers
+from pgqueue.web import alerts, charts, dashboard, jobs, metrics, pending, queues, schedules, workers
 from pgqueue.web.access import Services, Settings, principal, require
 from pgqueue.web.auth import Scope as TokenScope
 from pgqueue.web.database import Database
@@ -138,8 +138,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for router in (jobs.router, jobs.dead_router, queues.router, workers.router, charts.router, alerts.router,
-                   pending.router):
+    for router in (jobs.router, jobs.dead_router, queues.router, workers.router, schedules.router, charts.router,
+                   alerts.router, pending.router):
         api.include_router(router)
 
     @api.get("/whoami", response_model=Whoami, tags=["auth"], summary="The scopes of the caller",

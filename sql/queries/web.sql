@@ -118,7 +118,8 @@ SELECT count(*) FROM d;
 -- ---------------------------------------------------------------------------------------------------------
 
 -- name: web_queue_overview
--- Per queue: live counts, dead letters, the last minute's outcomes, live workers serving it. Cheap enough to
+-- Per queue (any with jobs, history or settings): live counts, dead letters, the last minute's outcomes, live
+-- workers serving it. Cheap enough to
 -- run several times a second: the live table is small and the last minute of history is one index range.
 WITH live AS (
     SELECT queue,
@@ -138,7 +139,7 @@ WITH live AS (
     SELECT queue, count(*) AS dead FROM pgqueue.finished_jobs WHERE state = 'dead' GROUP BY queue
 ), names AS (
     SELECT queue FROM live UNION SELECT queue FROM recent UNION SELECT queue FROM dead
-    UNION SELECT queue FROM failures
+    UNION SELECT queue FROM failures UNION SELECT name FROM pgqueue.queues
 )
 SELECT n.queue,
        coalesce(live.scheduled, 0), coalesce(live.queued, 0), coalesce(live.running, 0),

@@ -17,7 +17,8 @@ from pgqueue.errors import ValidationError
 from pgqueue.web.auth import create_token, list_tokens, revoke_token
 from tests.web.conftest import Live, as_scope
 
-PATH_VALUES = {"job_id": "1", "worker_id": str(uuid.uuid4()), "rule_id": "1", "queue": "q"}
+PATH_VALUES = {"job_id": "1", "worker_id": str(uuid.uuid4()), "rule_id": "1", "queue": "q", "name": "nightly",
+               "batch_id": "1"}
 
 
 def operations(web: Live) -> list[tuple[str, str]]:

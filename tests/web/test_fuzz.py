@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
 
 from pgqueue.web.access import Settings
 from pgqueue.web.server import create_app
@@ -43,11 +44,19 @@ def written(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
     return tuple(row)
 
 
+# Cron syntax and time-zone names are checked by the server but cannot be stated in JSON Schema, so a generated
+# string is "valid" to the document and refused (422, naming the field) by the server. For that operation only,
+# the check that every schema-valid request is accepted is left out; every other check still runs.
+NOT_EXPRESSIBLE = {("POST", "/api/v1/schedules")}
+
+
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi_document(case: Any, web: Live, tokens: dict[str, str],
                                                db: psycopg.Connection[Any]) -> None:
     before = written(db)
-    response = case.call_and_validate(base_url=web.url, headers={"Authorization": f"Bearer {tokens['admin']}"})
+    excluded = [positive_data_acceptance] if (case.method, case.path) in NOT_EXPRESSIBLE else []
+    response = case.call_and_validate(base_url=web.url, headers={"Authorization": f"Bearer {tokens['admin']}"},
+                                      excluded_checks=excluded)
     if 400 <= response.status_code < 500:
         assert written(db) == before, (case.method, case.path, response.status_code)

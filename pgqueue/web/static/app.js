@@ -153,7 +153,7 @@ function renderOverview(queues) {
   const body = $("#queues tbody");
   if (!queues.length) { body.innerHTML = `<tr><td colspan="13" class="empty">No queues yet: enqueue a job.</td></tr>`; return; }
   body.innerHTML = queues.map((q) => `<tr data-queue="${esc(q.queue)}">
-    <td><strong>${esc(q.queue)}</strong></td>
+    <td><strong>${esc(q.queue)}</strong>${q.paused ? ' <span class="badge scheduled">paused</span>' : ""}</td>
     <td><span class="health ${q.health}" title="${esc(q.health_reason)}">${q.health}</span></td>
     <td class="num" data-field="queued">${num(q.queued)}</td>
     <td class="num" data-field="scheduled">${num(q.scheduled)}</td>
@@ -165,7 +165,8 @@ function renderOverview(queues) {
     <td class="num">${age(q.oldest_queued_age)}</td>
     <td class="num" data-field="dead">${num(q.dead)}</td>
     <td class="num">${num(q.live_workers)}</td>
-    <td class="admin-only"><button class="small" data-pause="${esc(q.queue)}">Pause</button> <button class="small" data-resume="${esc(q.queue)}">Resume</button></td>
+    <td class="admin-only">${q.paused ? `<button class="small" data-resume="${esc(q.queue)}">Resume</button>`
+      : `<button class="small" data-pause="${esc(q.queue)}">Pause</button>`}</td>
   </tr>`).join("");
 }
 
