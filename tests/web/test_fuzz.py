@@ -17,7 +17,7 @@ from pgqueue.web.server import create_app
 from tests.web.conftest import Live
 
 # Examples per operation and mode: enough to hit every field's edges, small enough for the time budget.
-EXAMPLES = 30
+EXAMPLES = 20
 
 
 # The document as the server serves it (building it needs no database); requests go to a live server.
