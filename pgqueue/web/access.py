@@ -65,9 +65,10 @@ class Services:
     overview: Overview
     extra: dict[str, Any] = field(default_factory=dict)
 
-    async def verify(self, token: str) -> frozenset[str] | None:
+    async def verify(self, token: str) -> tuple[int, frozenset[str]] | None:
+        """The id and scopes of a live token (its hash is what is looked up), or None."""
         rows = await self.db.fetch("token_verify", {"hash": hash_token(token)})
-        return frozenset(rows[0][1]) if rows else None
+        return (int(rows[0][0]), frozenset(rows[0][1])) if rows else None
 
 
 def services(request: Request) -> Services:

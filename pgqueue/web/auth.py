@@ -120,7 +120,7 @@ def bearer(header: str | None) -> str | None:
     return value.strip()
 
 
-Verify = Callable[[str], Awaitable[frozenset[str] | None]]
+Verify = Callable[[str], Awaitable[tuple[int, frozenset[str]] | None]]
 
 
 async def authenticate(header: str | None, client_host: str | None, verify: Verify, *, local_read: bool
@@ -130,8 +130,8 @@ async def authenticate(header: str | None, client_host: str | None, verify: Veri
     if token is not None:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             return None
-        scopes = await verify(token)
-        return Principal(token_id=0, scopes=scopes) if scopes is not None else None
+        found = await verify(token)
+        return Principal(token_id=found[0], scopes=found[1]) if found is not None else None
     if local_read and is_loopback(client_host):
         return Principal(token_id=None, scopes=frozenset({Scope.READ.value}))
     return None

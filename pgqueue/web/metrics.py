@@ -35,6 +35,7 @@ from pgqueue.web.access import Services, principal, services
 from pgqueue.web.auth import Scope
 from pgqueue.web.charts import DURATION_BOUNDS
 from pgqueue.web.database import Database
+from pgqueue.web.events import Hub
 from pgqueue.web.problems import ApiError
 
 router = APIRouter(include_in_schema=False)
@@ -65,9 +66,9 @@ def family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list
 class Exporter:
     """Renders /metrics; keeps the duration histogram of jobs finished since ``start()``."""
 
-    def __init__(self, db: Database, notifications: object) -> None:
+    def __init__(self, db: Database, hub: Hub) -> None:
         self._db = db
-        self._notifications = notifications
+        self._hub = hub
         self._lock = asyncio.Lock()
         self._watermark: datetime | None = None
         self._buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(DURATION_BOUNDS) + 1))
@@ -131,7 +132,7 @@ class Exporter:
                                 [f'{name}{{worker="{row[0]}",host="{label(row[1])}"}} {int(row[column])}'
                                  for row in workers])
             lines += self._histogram()
-            received = int(getattr(self._notifications, "notifications", 0))
+            received = self._hub.notifications
             lines += family("pgqueue_serve_notifications_total", "counter",
                             "Job notifications (LISTEN pgqueue_jobs) this serve process received.",
                             [f"pgqueue_serve_notifications_total {received}"])

@@ -154,7 +154,8 @@ function renderOverview(queues) {
   if (!queues.length) { body.innerHTML = `<tr><td colspan="13" class="empty">No queues yet: enqueue a job.</td></tr>`; return; }
   body.innerHTML = queues.map((q) => `<tr data-queue="${esc(q.queue)}">
     <td><strong>${esc(q.queue)}</strong>${q.paused ? ' <span class="badge scheduled">paused</span>' : ""}</td>
-    <td><span class="health ${q.health}" title="${esc(q.health_reason)}">${q.health}</span></td>
+    <td><span class="health ${q.health}" title="${esc(q.health_reason)}">${q.health}</span>${q.health === "green" ? ""
+      : `<div class="reason">${esc(q.health_reason)}</div>`}</td>
     <td class="num" data-field="queued">${num(q.queued)}</td>
     <td class="num" data-field="scheduled">${num(q.scheduled)}</td>
     <td class="num" data-field="running">${num(q.running)}</td>
@@ -225,11 +226,12 @@ async function showJob(id, panel) {
   const job = await act(api(`/jobs/${id}`));
   if (!job) return;
   state.openJob = id;
-  const events = [["created", job.created_at, ""], ["due to run", job.scheduled_for, ""]];
-  for (const e of job.errors) events.push([`attempt ${e.attempt} failed: ${e.error_type} (${e.kind})`, e.failed_at, "bad"]);
-  if (job.started_at) events.push([`attempt ${job.attempt} started`, job.started_at, ""]);
-  if (job.finished_at) events.push([job.state, job.finished_at, job.state === "succeeded" ? "good" : job.state === "dead" ? "bad" : ""]);
-  events.sort((a, b) => new Date(a[1]) - new Date(b[1]));
+  // [what, when, css class, rank]: by time, and on a tie in the order things happen to a job.
+  const events = [["created", job.created_at, "", 0], ["due to run", job.scheduled_for, "", 1]];
+  for (const e of job.errors) events.push([`attempt ${e.attempt} failed: ${e.error_type} (${e.kind})`, e.failed_at, "bad", 3]);
+  if (job.started_at) events.push([`attempt ${job.attempt} started`, job.started_at, "", 2]);
+  if (job.finished_at) events.push([job.state, job.finished_at, job.state === "succeeded" ? "good" : job.state === "dead" ? "bad" : "", 4]);
+  events.sort((a, b) => new Date(a[1]) - new Date(b[1]) || a[3] - b[3]);
   panel.innerHTML = `
     <div class="toolbar"><h2 style="margin:0">Job ${job.id}</h2>${badge(job.state)}<span class="spacer"></span>
       <button class="small admin-only" data-cancel="${job.id}" ${["scheduled", "queued"].includes(job.state) ? "" : "disabled"}>Cancel</button>
