@@ -36,14 +36,19 @@ demo: $(STAMP)
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check pgqueue tests bench
+	$(BIN)/ruff check pgqueue tests $(wildcard bench)
 	$(BIN)/mypy
 
 # The suite runs against the server named by PGQUEUE_DSN (when set) and against the embedded PostgreSQL.
-# Each run creates its own database and drops it.
+# Each run creates its own database and drops it. The chaos slice (real processes, minutes) runs once: on the
+# server leg when there is one, else on the embedded one.
 test: lint
-	@if [ -n "$$PGQUEUE_DSN" ]; then $(MAKE) --no-print-directory test-server; fi
-	@$(MAKE) --no-print-directory test-embedded
+	@if [ -n "$$PGQUEUE_DSN" ]; then \
+		$(MAKE) --no-print-directory test-server && \
+		$(MAKE) --no-print-directory test-embedded PYTEST_ARGS='-m "not chaos" $(PYTEST_ARGS)'; \
+	else \
+		$(MAKE) --no-print-directory test-embedded; \
+	fi
 
 test-server: $(STAMP) chromium
 	@echo "== tests against $${PGQUEUE_DSN%%\?*}"
@@ -52,6 +57,13 @@ test-server: $(STAMP) chromium
 test-embedded: $(STAMP) chromium
 	@echo "== tests against the embedded PostgreSQL"
 	env -u PGQUEUE_DSN $(BIN)/pytest $(PYTEST_ARGS)
+
+# The fault and abuse suite at full size (about 50 minutes, 30 of them the soak; make test runs a quick slice):
+# each scenario's figures against its bounds, then `chaos: N passed, M failed`. Against $$PGQUEUE_DSN's server
+# when set, else an embedded PostgreSQL; scenarios that restart or reconfigure PostgreSQL start their own.
+chaos: $(STAMP)
+	@mkdir -p test-artifacts
+	$(BIN)/python -m tests.chaos --markdown test-artifacts/chaos.md $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

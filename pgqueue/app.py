@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pgqueue.job import (
     check_queue,
     check_task_name,
     encode_payload,
+    from_json,
 )
 from pgqueue.periodic import Schedule, ScheduleRow, check_cron, check_timezone
 from pgqueue.queries import q
@@ -462,7 +462,8 @@ class App:
         out = []
         for row in self._fetch("job_dead_list", params):
             item = dict(zip(keys, row, strict=True))
-            item["args"], item["kwargs"] = json.loads(item["args"]), json.loads(item["kwargs"])
+            what = f"job {item['id']}'s arguments"
+            item["args"], item["kwargs"] = from_json(item["args"], what), from_json(item["kwargs"], what)
             out.append(item)
         return out
 
@@ -501,7 +502,8 @@ class App:
     def parent_results(self, job_id: int) -> dict[int, Any]:
         """The results of the parents of ``job_id`` (its ``depends_on``), by parent id."""
         rows = self._fetch("job_parent_results", {"id": job_id})
-        return {parent: None if result is None else json.loads(result) for parent, result in rows}
+        return {parent: None if result is None else from_json(result, f"job {parent}'s result")
+                for parent, result in rows}
 
     # -- queues ------------------------------------------------------------------------------------------------
 

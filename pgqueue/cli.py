@@ -24,7 +24,8 @@ import typer
 from pgqueue import embedded
 from pgqueue.app import App
 from pgqueue.errors import ConfigurationError, DatabaseError, PgQueueError, ValidationError
-from pgqueue.job import JobState
+from pgqueue.job import JobState, from_json
+from pgqueue.roles import roles_command
 from pgqueue.web import cli as web_cli
 from pgqueue.worker import Worker, WorkerConfig
 
@@ -44,6 +45,7 @@ cli.add_typer(embedded_cli, name="embedded")
 cli.add_typer(queue_cli, name="queue")
 cli.add_typer(cron_cli, name="cron")
 cli.add_typer(batch_cli, name="batch")
+cli.command("roles")(roles_command)
 cli.add_typer(web_cli.token_cli, name="token")
 cli.command()(web_cli.serve)
 
@@ -215,8 +217,8 @@ def enqueue(
 def _parse_args(value: str) -> list[Any] | dict[str, Any]:
     """--args: a JSON object (keyword arguments) or array (positional), inline, @FILE or - for stdin."""
     try:
-        payload = json.loads(_read_args(value))
-    except (ValueError, RecursionError) as err:
+        payload = from_json(_read_args(value), "--args")
+    except ValueError as err:
         raise ValidationError(f"--args is not valid JSON: {err}") from err
     if not isinstance(payload, dict | list):
         raise ValidationError("--args must be a JSON object (keyword arguments) or array (positional arguments)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import traceback
 import uuid
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pgqueue.errors import Fatal, PgQueueError, Retry, UnknownTask
-from pgqueue.job import to_json
+from pgqueue.job import from_json, to_json
 from pgqueue.retry import Backoff
 from pgqueue.task import Context
 
@@ -124,8 +123,8 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         err = UnknownTask(f"no handler for task {job.task!r} in this worker")
         return Execution(_failure(job, err, DEFAULT_BACKOFF))
     try:
-        args, kwargs = json.loads(job.args), json.loads(job.kwargs)
-    except ValueError as err:
+        args, kwargs = from_json(job.args, "the arguments"), from_json(job.kwargs, "the arguments")
+    except ValueError as err:  # undecodable (ValidationError is one): a failed attempt like any other
         return Execution(_failure(job, err, task.backoff))
     if task.takes_context:
         ctx = ctx or context_for(app, job, worker_id)

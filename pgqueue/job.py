@@ -96,13 +96,14 @@ class Job:
          started_at, finished_at, worker_id, result, lease_expires_at, progress, progress_message, group_key,
          unique_key, batch_id) = row
         return cls(
-            id=id_, queue=queue, task=task, args=json.loads(args), kwargs=json.loads(kwargs),
+            id=id_, queue=queue, task=task, args=from_json(args, f"job {id_}'s arguments"),
+            kwargs=from_json(kwargs, f"job {id_}'s arguments"),
             priority=priority, state=JobState(state), attempt=attempt, max_attempts=max_attempts,
             scheduled_for=scheduled_for, created_at=created_at, started_at=started_at,
             finished_at=finished_at, worker_id=worker_id,
-            result=None if result is None else json.loads(result), lease_expires_at=lease_expires_at,
-            progress=progress, progress_message=progress_message, group_key=group_key, unique_key=unique_key,
-            batch_id=batch_id, errors=errors,
+            result=None if result is None else from_json(result, f"job {id_}'s result"),
+            lease_expires_at=lease_expires_at, progress=progress, progress_message=progress_message,
+            group_key=group_key, unique_key=unique_key, batch_id=batch_id, errors=errors,
         )
 
 
@@ -115,7 +116,18 @@ def to_json(value: Any, what: str) -> str:
         raise ValidationError(f"{what} must be JSON-serialisable: {err}") from err
     except UnicodeEncodeError as err:
         raise ValidationError(f"{what} contain text that is not valid Unicode (a lone surrogate)") from err
+    except RecursionError as err:
+        raise ValidationError(f"{what} are nested too deeply to serialise") from err
     return text
+
+
+def from_json(text: str, what: str) -> Any:
+    """Parse stored JSON. PostgreSQL accepts nesting deeper than Python's parser can follow (it raises
+    RecursionError); that becomes a ValidationError like any other undecodable payload."""
+    try:
+        return json.loads(text)
+    except RecursionError as err:
+        raise ValidationError(f"{what} are nested too deeply for Python to decode") from err
 
 
 def encode_payload(args: Sequence[Any], kwargs: dict[str, Any],

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgqueue.worker")
 
 PROGRESS_FLUSH = 0.5  # seconds: how stale reported progress may be in the database
+# Seconds after a notification at which an idle worker claims once more (the notify slot of notify_inserted).
+SETTLE_AFTER_NOTIFY = 0.1
 
 
 @dataclass
@@ -148,6 +150,7 @@ class Worker:
         self._more = True
         self._controlled: list[str] = []  # controlled queues (limits, fairness) this worker serves
         self._controlled_read_at = -1e9
+        self._settle = False
         self._stop_requests = 0
         # Created in run(): asyncio primitives belong to the loop that runs the worker.
         self._wake: asyncio.Event
@@ -245,6 +248,7 @@ class Worker:
         if payload is None or queues is None or payload in queues:
             self.stats.wakeups += 1
             self._more = True
+            self._settle = True
             self._wake.set()
 
     def _request_cancel(self, job_id: int) -> None:
@@ -283,8 +287,14 @@ class Worker:
                 self._more = len(jobs) == asked
                 if self._more and len(self._running) < cfg.concurrency:
                     continue
-            # Limits free up with time, not with notifications: look again soon while controlled queues exist.
-            await self._sleep(min(cfg.poll_interval, 0.25) if self._controlled else cfg.poll_interval, poll=True)
+            if self._settle:
+                # Under contention an enqueue may leave its wake-up to another's notification, which can arrive
+                # just before the first one commits (see notify_inserted): look once more shortly after.
+                self._settle = False
+                await self._sleep(SETTLE_AFTER_NOTIFY, poll=True)
+            else:
+                # Limits free up with time, not with notifications: look again soon while controlled queues exist.
+                await self._sleep(min(cfg.poll_interval, 0.25) if self._controlled else cfg.poll_interval, poll=True)
 
     async def _claim_controlled(self, limit: int) -> list[ClaimedJob]:
         """Claim from the controlled queues (paused, limited, fair) this worker serves, in the database's turn."""
@@ -411,7 +421,8 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         before = {job_id for job_id, r in self._running.items() if not r.acking}
-        params = {"worker_id": self.id, "lease": self.config.lease, "jobs_done": self.stats.done,
+        params = {"worker_id": self.id, "ids": list(self._running), "lease": self.config.lease,
+                  "jobs_done": self.stats.done,
                   "jobs_failed": self.stats.failed,
                   "state": "draining" if self._stopping.is_set() else "running", **self._progress_params()}
         try:

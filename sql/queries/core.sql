@@ -195,7 +195,9 @@ SELECT r.queue, count(*), pg_notify('pgqueue_jobs', r.queue) FROM r GROUP BY r.q
 -- Renew the lease of every job this worker holds and say the worker is alive, in one round trip. The ids
 -- renewed come back: a job the worker runs that is not among them was taken from it (its lease expired).
 -- Progress reported by handlers since the last heartbeat rides along; jobs whose cancellation was requested
--- come back too.
+-- come back too. Only the jobs it says it runs (%(ids)s) are renewed: a job it claimed but lost track of (the
+-- claim's reply lost with its connection, an internal error) must expire and be reclaimed, not be renewed
+-- forever.
 WITH progress AS (
     SELECT * FROM unnest(%(progress_ids)s::bigint[], %(progress)s::real[], %(progress_messages)s::text[])
         AS p(id, progress, message)
@@ -204,7 +206,7 @@ WITH progress AS (
     SET lease_expires_at = now() + make_interval(secs => %(lease)s),
         progress = coalesce((SELECT p.progress FROM progress AS p WHERE p.id = j.id), j.progress),
         progress_message = coalesce((SELECT p.message FROM progress AS p WHERE p.id = j.id), j.progress_message)
-    WHERE j.worker_id = %(worker_id)s AND j.state = 'running'
+    WHERE j.worker_id = %(worker_id)s AND j.state = 'running' AND j.id = ANY(%(ids)s::bigint[])
     RETURNING j.id, j.cancel_requested
 ), w AS (
     UPDATE pgqueue.workers
@@ -276,7 +278,10 @@ SELECT queue, count(*), pg_notify('pgqueue_jobs', queue) FROM promoted GROUP BY 
 
 -- name: job_next_scheduled_in
 -- Seconds until the earliest scheduled job is due (NULL when none), so the promoter can sleep exactly that.
-SELECT extract(epoch FROM min(scheduled_for) - now())::float8 FROM pgqueue.jobs WHERE state = 'scheduled';
+-- A job scheduled for 'infinity' (the SQL API accepts it) is never due; before PostgreSQL 17 subtracting it
+-- fails, and with it every maintenance sweep.
+SELECT extract(epoch FROM min(scheduled_for) - now())::float8 FROM pgqueue.jobs
+WHERE state = 'scheduled' AND isfinite(scheduled_for);
 
 -- name: job_get
 SELECT id, queue, task, args::text, kwargs::text, priority, state, attempt, max_attempts, scheduled_for,

@@ -132,6 +132,7 @@ def test_concurrent_migrations_from_many_processes(fresh_database: Callable[[], 
     import subprocess
     import sys
 
+    from pgqueue.migrate import available
     from tests.conftest import ROOT
 
     target = fresh_database()

@@ -68,7 +68,7 @@ def test_migrate_is_idempotent_and_recorded(fresh_database: Callable[[], str]) -
     assert migrate(target) == []
     with psycopg.connect(target) as conn:
         recorded = conn.execute("SELECT version, name FROM pgqueue.schema_migrations ORDER BY version").fetchall()
-    assert recorded == [(m.version, m.name) for m in shipped]
+    assert recorded == [(m.version, m.name) for m in shipped] and recorded[0] == (1, "initial")
 
 
 @pytest.mark.slow
