@@ -455,7 +455,8 @@ class AlertRuleCreate(Strict):
     queue: QueueName | None = None
     threshold: Threshold
     window_seconds: Window = 300
-    webhook_url: Annotated[str, Field(pattern=r"^https?://[^\s\x00]+$", max_length=2000),
+    # No spaces or control characters, spelt out: "\s" means different things to different regex engines.
+    webhook_url: Annotated[str, Field(pattern=r"^https?://[^\x00-\x20\x7f-\x9f]+$", max_length=2000),
                            AfterValidator(storable)]
     enabled: Bool = True
 

@@ -4,6 +4,7 @@ invalid request a 4xx; and a refused request writes nothing."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,8 @@ from pgqueue.web.server import create_app
 from tests.web.conftest import Live
 
 # Examples per operation and mode: enough to hit every field's edges, small enough for the time budget.
-EXAMPLES = 20
+# PGQUEUE_FUZZ_EXAMPLES=200 for a deeper run.
+EXAMPLES = int(os.environ.get("PGQUEUE_FUZZ_EXAMPLES", "20"))
 
 
 # The document as the server serves it (building it needs no database); requests go to a live server.
