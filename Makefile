@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-server test-embedded lint chaos bench bench-quick clean
+.PHONY: install demo test test-server test-embedded lint chaos bench bench-quick clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`: no downloads).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		echo "== installing Debian's chromium for the browser tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 # The main job end to end. No PGQUEUE_DSN: the embedded PostgreSQL in ./.pgqueue (stopped again at the end).
 demo: $(STAMP)
@@ -41,11 +50,11 @@ test: lint
 		$(MAKE) --no-print-directory test-embedded; \
 	fi
 
-test-server: $(STAMP)
+test-server: $(STAMP) chromium
 	@echo "== tests against $${PGQUEUE_DSN%%\?*}"
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-embedded: $(STAMP)
+test-embedded: $(STAMP) chromium
 	@echo "== tests against the embedded PostgreSQL"
 	env -u PGQUEUE_DSN $(BIN)/pytest $(PYTEST_ARGS)
 

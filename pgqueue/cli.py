@@ -27,6 +27,7 @@ from pgqueue.errors import ConfigurationError, DatabaseError, PgQueueError, Vali
 from pgqueue.job import JobState, from_json
 from pgqueue.once import cli as once_cli
 from pgqueue.roles import roles_command
+from pgqueue.web import cli as web_cli
 from pgqueue.worker import Worker, WorkerConfig
 
 cli = typer.Typer(
@@ -48,6 +49,8 @@ cli.add_typer(batch_cli, name="batch")
 cli.command("roles")(roles_command)
 cli.add_typer(once_cli.outbox_cli, name="outbox")
 cli.command("relay")(once_cli.relay)
+cli.add_typer(web_cli.token_cli, name="token")
+cli.command()(web_cli.serve)
 
 _state: dict[str, Any] = {"dsn": None}
 

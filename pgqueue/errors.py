@@ -14,6 +14,7 @@
     ├── DatabaseError             PostgreSQL said no
     │   ├── DatabaseUnavailable   cannot connect, or the connection dropped
     │   └── SchemaNotMigrated     the pgqueue schema is missing or older than this code
+    ├── MissingDependency         an optional extra is not installed (pgqueue serve needs pgqueue[web])
     └── (handler control flow, raised by handlers, not errors of pgqueue)
         ├── Retry                 try again after a chosen delay
         └── Fatal                 give up now: the job goes to the dead letters
@@ -80,6 +81,10 @@ class DatabaseUnavailable(DatabaseError):
 
 class SchemaNotMigrated(DatabaseError):
     """The ``pgqueue`` schema is missing or older than this version of pgqueue."""
+
+
+class MissingDependency(PgQueueError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names it."""
 
 
 class Retry(Exception):

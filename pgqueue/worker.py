@@ -111,6 +111,10 @@ class _HandlerThreads(ThreadPoolExecutor):
         with self._count_lock:
             self.active -= 1
 
+    def grow(self, max_workers: int) -> None:
+        """Allow more threads (a raised concurrency). Never shrinks: the producer's free slots bound the jobs."""
+        self._max_workers = max(self._max_workers, max_workers)
+
 
 @dataclass
 class _Running:
@@ -133,6 +137,7 @@ class WorkerStats:
     claimed: int = 0
     done: int = 0
     failed: int = 0
+    dead: int = 0
     fenced: int = 0
     wakeups: int = 0
     extra: dict[str, int] = field(default_factory=dict)
@@ -378,6 +383,7 @@ class Worker:
                 self.stats.done += 1
             else:
                 self.stats.failed += 1
+                self.stats.dead += outcome.state == "dead"
                 log.info("job %s (%s) attempt %d/%d failed: %s: %s -> %s", job.id, job.task, job.attempt,
                          job.max_attempts, outcome.error_type, outcome.message,
                          f"retry in {outcome.delay:.2f}s" if outcome.state == "retry" else "dead")
@@ -444,6 +450,7 @@ class Worker:
             self._request_cancel(job_id)  # the notification may have been missed (listener reconnecting)
         if not registered:
             await self._register()  # forgotten as stale (a long pause, a partition): say we are back
+        await self._sync()
         for job_id in before - renewed:
             record = self._running.get(job_id)
             if record is None or record.acking or record.lost:
@@ -453,6 +460,28 @@ class Worker:
             if record.task is not None and self.app.tasks.get(record.job.task, None) is not None \
                     and self.app.tasks[record.job.task].is_async:
                 record.task.cancel()
+
+    async def _sync(self) -> None:
+        """Report counters for /metrics and take requests written by the web API: a concurrency, or drain."""
+        params = {"worker_id": self.id, "claimed": self.stats.claimed, "dead": self.stats.dead,
+                  "reclaimed": self.maintenance.reclaimed, "wakeups": self.stats.wakeups}
+        try:
+            rows = await self._heartbeat_conn.fetch(q("worker_sync"), params)
+        except PgQueueError as err:
+            log.warning("worker sync failed: %s", err)
+            return
+        if not rows:
+            return
+        concurrency, drain = rows[0]
+        if concurrency != self.config.concurrency:
+            log.info("concurrency changed from %d to %d on request", self.config.concurrency, concurrency)
+            self.config.concurrency = concurrency
+            self._threads.grow(concurrency)
+            self._more = True
+            self._wake.set()
+        if drain and not self._stopping.is_set():
+            log.info("drain requested: finishing running jobs, then leaving")
+            self.stop()
 
     # -- shutdown --------------------------------------------------------------------------------------------
 

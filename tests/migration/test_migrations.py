@@ -83,11 +83,13 @@ def test_the_wheel_ships_the_sql_and_loads_it(tmp_path: Path, dsn: str) -> None:
     probe = (
         "import pgqueue, pgqueue.queries as q, pgqueue.migrate as m;"
         "print(pgqueue.__file__); print(q.sql_dir());"
-        "print(len(q.queries()), [x.version for x in m.available()])"
+        "print(len(q.queries()), [x.version for x in m.available()]);"
+        "import pathlib; print(pathlib.Path(pgqueue.__file__).parent.joinpath('web/static/index.html').is_file())"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                             env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert result.returncode == 0, result.stderr
-    module_file, folder, counts = result.stdout.splitlines()
+    module_file, folder, counts, dashboard = result.stdout.splitlines()
     assert module_file.startswith(str(target)) and folder.startswith(str(target))
     assert counts.split(" ", 1)[1] == str([m.version for m in available()]) and int(counts.split()[0]) > 20
+    assert dashboard == "True"  # the dashboard's static pages ship in the wheel
