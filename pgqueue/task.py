@@ -110,6 +110,9 @@ class EnqueueOptions:
             raise ValidationError(f"delay must be a number of seconds from 0 to 10 years, got {self.delay!r}")
         if self.unique_for is not None and (self.unique_key is None or not 0 <= self.unique_for <= 10 * 365 * 86400):
             raise ValidationError("unique_for needs a unique_key and a number of seconds from 0 to 10 years")
+        if self.unique_key is not None and self.depends_on is not None:
+            raise ValidationError("unique_key and depends_on cannot be combined on one job yet; "
+                                  "enqueue the dependent job without a unique key")
         if self.on_parent_failure not in ("cancel", "run"):
             raise ValidationError(f"on_parent_failure must be 'cancel' or 'run', got {self.on_parent_failure!r}")
 

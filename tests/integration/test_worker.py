@@ -238,7 +238,7 @@ def test_expired_lease_is_reclaimed_and_the_old_worker_is_fenced(app: App, db: p
 
 
 def test_late_writes_of_a_fenced_attempt_change_nothing(app: App, db: psycopg.Connection[Any]) -> None:
-    job = App(dsn=app.dsn).enqueue("fence.task", max_attempts=5)
+    job = app.enqueue("fence.task", max_attempts=5)
     ghost, successor = uuid.uuid4(), uuid.uuid4()
     db.execute(q("job_claim_any"), {"limit": 1, "worker_id": ghost, "lease": 0.05})
     time.sleep(0.1)
@@ -303,7 +303,7 @@ def test_cancel_before_start(app: App) -> None:
 
 
 def test_unknown_task_is_retried_then_dead(app: App) -> None:
-    job = App(dsn=app.dsn).enqueue("not.registered.here", max_attempts=2)
+    job = app.enqueue("not.registered.here", max_attempts=2)
     with running_worker(app, **FAST):
         wait_for(lambda: state_of(app, job.id) is JobState.DEAD, timeout=10)
     assert app.job(job.id).errors[0].error_type == "UnknownTask"

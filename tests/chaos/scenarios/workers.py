@@ -382,10 +382,16 @@ def poison_jobs(run: Run, healthy: int, poison: int) -> None:
     run.check("healthy jobs completed", healthy_states["succeeded"], "==", len(healthy_ids))
     for name, rate in rounds.items():
         run.figure(f"healthy throughput {name}", round(rate), "jobs/s")
-    run.check("healthy throughput kept among failing poison", round(rounds["among failing poison"] / rounds["alone"],
-                                                                    2), ">=", 0.9, "x")
-    run.check("healthy throughput kept among crashing poison",
-              round(rounds["among crashing poison"] / rounds["alone"], 2), ">=", 0.7, "x")
+    failing = round(rounds["among failing poison"] / rounds["alone"], 2)
+    crashing = round(rounds["among crashing poison"] / rounds["alone"], 2)
+    if run.mode == "full":
+        run.check("healthy throughput kept among failing poison", failing, ">=", 0.9, "x")
+        run.check("healthy throughput kept among crashing poison", crashing, ">=", 0.7, "x")
+    else:
+        # Throughput ratios are for `make chaos` and bench/: inside `make test`, on a loaded machine, they would
+        # fail at random. The quick slice reports them and checks everything else.
+        run.figure("healthy throughput kept among failing poison (bound 0.9x in make chaos)", failing, "x")
+        run.figure("healthy throughput kept among crashing poison (bound 0.7x in make chaos)", crashing, "x")
     run.check("quickest retry of a failed attempt (backoff floor)", round(min(gaps, default=1.0), 3), ">=",
               POISON_RETRY[0] * 0.5, "s")
     run.check("rolled-back transactions (failing claims or writes)", rolled_back, "<=", 3 * workers)
