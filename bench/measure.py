@@ -9,17 +9,33 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@cache
+def named(file: str) -> dict[str, str]:
+    """The ``-- name:`` statements of ``bench/sql/<file>.sql`` (pgqueue's convention, without importing it)."""
+    parts = _HEADER.split((SQL_DIR / f"{file}.sql").read_text(encoding="utf-8"))
+    out = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+        out[name] = "\n".join(lines).strip().rstrip(";")
+    return out
 
 
 def backend_pids(dsn: str) -> list[int]:

@@ -68,12 +68,17 @@ WorkerTarget = Callable[[str, Shared, int, dict[str, Any]], None]
 
 
 def measure_processing(dsn: str, *, procs: int, expected: int, max_seconds: float, target: WorkerTarget,
-                       remaining: Callable[[], int], options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``procs`` processes of ``target(dsn, shared, slot, options)`` over a backlog of ``expected`` jobs."""
+                       remaining: Callable[[], int], options: dict[str, Any] | None = None,
+                       worker_dsn: str | None = None) -> dict[str, Any]:
+    """Run ``procs`` processes of ``target(dsn, shared, slot, options)`` over a backlog of ``expected`` jobs.
+
+    ``worker_dsn`` (default ``dsn``) is what the workers connect to: the round-trip pass points it at the
+    counting relay, while the driver's own bookkeeping goes straight to the server.
+    """
     shared = Shared.make(procs)
     server = ServerCpu(dsn)
     server.start()
-    children = [CTX.Process(target=target, args=(dsn, shared, slot, options or {}), daemon=True)
+    children = [CTX.Process(target=target, args=(worker_dsn or dsn, shared, slot, options or {}), daemon=True)
                 for slot in range(procs)]
     for child in children:
         child.start()
@@ -146,3 +151,31 @@ def measure_latency(dsn: str, *, samples: int, gap: float, target: WorkerTarget,
         return [(shared.stamps[s] - committed[s]) * 1000 for s in range(1, samples + 1) if shared.stamps[s]]
     finally:
         _stop([child], shared)
+
+
+def measure_backlog(dsn: str, *, jobs: int, runs: int, reset: Callable[[], None],
+                    fill_small: Callable[[int], None], fill_backlog: Callable[[], None],
+                    count: Callable[[], int], target: WorkerTarget, options: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Jobs/s of a worker taking ``jobs`` jobs off a deep backlog, as a ratio to taking them off a queue that
+    holds only them. Alternates nothing: the small-queue runs go first, then the backlog is built once (it is
+    slow to build) and the same number of runs takes slices off it."""
+    small, big = [], []
+    for _ in range(runs):
+        reset()
+        fill_small(jobs)
+        small.append(measure_processing(dsn, procs=1, expected=jobs, max_seconds=120, target=target,
+                                        remaining=count, options=options)["value"])
+    reset()
+    started = time.monotonic()
+    fill_backlog()
+    log(f"  backlog built in {time.monotonic() - started:.0f}s")
+    for _ in range(runs):
+        base = count()
+        big.append(measure_processing(dsn, procs=1, expected=jobs, max_seconds=120, target=target,
+                                      remaining=lambda base=base: max(0, count() - (base - jobs)),  # type: ignore[misc]
+                                      options=options)["value"])
+    reset()
+    small_rate, big_rate = sorted(small)[len(small) // 2], sorted(big)[len(big) // 2]
+    return {"value": big_rate / small_rate, "empty_queue_jobs_s": small_rate, "backlog_jobs_s": big_rate,
+            "small_runs": small, "backlog_runs": big}

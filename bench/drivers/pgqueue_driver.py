@@ -7,29 +7,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: E402
-from measure import (  # noqa: E402
+import psycopg
+from measure import (
     ServerCpu,
     emit,
     latency_result,
-    log,
+    named,
     own_cpu,
     rss_mb,
     throughput_result,
 )
-from processing import Probe, Shared, measure_latency, measure_processing  # noqa: E402
+from processing import Probe, Shared, measure_backlog, measure_latency, measure_processing
 
-from pgqueue import App, Worker, WorkerConfig  # noqa: E402
-from pgqueue.migrate import migrate  # noqa: E402
+from pgqueue import App, Worker, WorkerConfig
+from pgqueue.migrate import migrate
+from pgqueue.queries import q
 
-TABLES = "pgqueue.jobs, pgqueue.finished_jobs, pgqueue.job_errors, pgqueue.workers"
+SQL = named("pgqueue")
 
 
 def make_app(dsn: str, probe: Probe | None = None, sleep: float = 0.0) -> App:
@@ -57,13 +60,13 @@ def make_app(dsn: str, probe: Probe | None = None, sleep: float = 0.0) -> App:
 
 def reset(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {TABLES}")
+        conn.execute(SQL["pgq_reset"])
         conn.execute("VACUUM ANALYZE pgqueue.jobs")
 
 
 def remaining(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pgqueue.jobs").fetchone()
+        row = conn.execute(SQL["pgq_remaining"]).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -130,12 +133,13 @@ def enqueue_bulk(dsn: str, n: int) -> dict[str, Any]:
     return result
 
 
-def process(dsn: str, n: int, procs: int, seconds: float, options: dict[str, Any]) -> dict[str, Any]:
+def process(dsn: str, n: int, procs: int, seconds: float, options: dict[str, Any],
+            worker_dsn: str | None = None) -> dict[str, Any]:
     bulk_enqueue(dsn, options.get("task", "noop"), n)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE pgqueue.jobs")
     return measure_processing(dsn, procs=procs, expected=n, max_seconds=seconds, target=worker_process,
-                              remaining=lambda: remaining(dsn), options=options)
+                              remaining=lambda: remaining(dsn), options=options, worker_dsn=worker_dsn)
 
 
 def latency(dsn: str, samples: int) -> dict[str, Any]:
@@ -151,6 +155,54 @@ def latency(dsn: str, samples: int) -> dict[str, Any]:
     return result
 
 
+def backlog(dsn: str, jobs: int, queued: int, finished: int, runs: int) -> dict[str, Any]:
+    def fill_small(n: int) -> None:
+        bulk_enqueue(dsn, "noop", n)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE pgqueue.jobs")
+
+    def fill_backlog() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SQL["pgq_fill_finished"], {"finished": finished})
+            conn.execute(SQL["pgq_fill_queued"], {"queued": queued})
+            conn.execute("VACUUM ANALYZE pgqueue.jobs")
+            conn.execute("VACUUM ANALYZE pgqueue.finished_jobs")
+
+    return measure_backlog(dsn, jobs=jobs, runs=runs, reset=lambda: reset(dsn), fill_small=fill_small,
+                           fill_backlog=fill_backlog, count=lambda: remaining(dsn), target=worker_process,
+                           options={"concurrency": 100})
+
+
+def feature_cost(dsn: str, n: int, rounds: int = 5) -> dict[str, Any]:
+    """The claim statement as shipped against the plain one kept in bench/sql (no worker, no handlers).
+
+    Both loop "claim 100, complete them" over the same backlog with the same completion statement, alternating
+    in rounds so load from elsewhere hits both. The figure is how much slower the shipped claim is, in percent
+    (negative: faster). Until the features land the two statements are the same and this reads about 0.
+    """
+    worker_id = uuid.uuid4()
+    rates: dict[str, list[float]] = {"shipped": [], "plain": []}
+    statements = {"shipped": q("job_claim_any"), "plain": SQL["pgq_claim_baseline"]}
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+        with psycopg.connect(dsn, autocommit=True) as setup:
+            setup.execute(SQL["pgq_fill_queued"], {"queued": n * rounds * 2})
+            setup.execute("VACUUM ANALYZE pgqueue.jobs")
+        for _ in range(rounds):
+            for name, statement in statements.items():
+                done, started = 0, time.perf_counter()
+                while done < n:
+                    rows = conn.execute(statement, {"limit": 100, "worker_id": worker_id, "lease": 30.0}).fetchall()
+                    if not rows:
+                        break
+                    conn.execute(q("job_complete_many"), {
+                        "ids": [r[0] for r in rows], "attempts": [r[6] for r in rows],
+                        "results": [None] * len(rows), "worker_id": worker_id})
+                    done += len(rows)
+                rates[name].append(done / (time.perf_counter() - started))
+    shipped, plain = statistics.median(rates["shipped"]), statistics.median(rates["plain"])
+    return {"value": (plain / shipped - 1) * 100, "shipped_jobs_s": shipped, "plain_jobs_s": plain, "runs": rates}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("figure")
@@ -160,7 +212,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--finished", type=int, default=0)
+    parser.add_argument("--worker-dsn", help="where workers connect (the round-trip relay); default --dsn")
+    parser.add_argument("--queued", type=int, default=1_000_000)
+    parser.add_argument("--finished", type=int, default=5_000_000)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     dsn = args.dsn
     if args.figure == "setup":
@@ -174,9 +229,13 @@ def main() -> None:
     elif args.figure == "enqueue_bulk":
         emit(enqueue_bulk(dsn, args.n))
     elif args.figure == "process":
-        emit(process(dsn, args.n, args.procs, args.seconds, options))
+        emit(process(dsn, args.n, args.procs, args.seconds, options, args.worker_dsn))
     elif args.figure == "latency":
         emit(latency(dsn, args.samples))
+    elif args.figure == "backlog":
+        emit(backlog(dsn, args.n, args.queued, args.finished, args.runs))
+    elif args.figure == "feature_cost":
+        emit(feature_cost(dsn, args.n))
     elif args.figure == "io_bound":
         options.update(task="io", sleep=0.05, concurrency=200)
         emit(process(dsn, args.n, 1, args.seconds, options))

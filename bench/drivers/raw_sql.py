@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -18,43 +19,27 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: E402
-from measure import ServerCpu, emit, latency_result, own_cpu, throughput_result  # noqa: E402
-from processing import Probe, Shared, measure_latency, measure_processing  # noqa: E402
+import psycopg
+from measure import ServerCpu, emit, latency_result, named, own_cpu, throughput_result
+from processing import Probe, Shared, measure_backlog, measure_latency, measure_processing
 
-SCHEMA = """
-DROP TABLE IF EXISTS raw_jobs;
-CREATE TABLE raw_jobs (
-    id bigserial PRIMARY KEY,
-    args json NOT NULL DEFAULT '{}',
-    state text NOT NULL DEFAULT 'queued'
-);
-CREATE INDEX raw_jobs_queued_idx ON raw_jobs (id) WHERE state = 'queued';
-"""
-INSERT = "INSERT INTO raw_jobs (args) VALUES (%s)"
-INSERT_NOTIFY = "WITH i AS (INSERT INTO raw_jobs (args) VALUES (%s) RETURNING id) SELECT pg_notify('raw_jobs', '') FROM i"
-CLAIM = """
-UPDATE raw_jobs SET state = 'running'
-WHERE id IN (SELECT id FROM raw_jobs WHERE state = 'queued' ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
-RETURNING id, args::text
-"""
-COMPLETE = "DELETE FROM raw_jobs WHERE id = ANY(%s)"
+SQL = named("raw_sql")
 
 
 def reset(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE raw_jobs")
+        conn.execute(SQL["raw_reset"])
         conn.execute("VACUUM ANALYZE raw_jobs")
 
 
 def remaining(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM raw_jobs").fetchone()
+        row = conn.execute(SQL["raw_remaining"]).fetchone()
     return int(row[0]) if row else 0
 
 
 def copy_in(conn: psycopg.Connection[Any], n: int, args: str = "{}") -> None:
-    with conn.cursor() as cur, cur.copy("COPY raw_jobs (args) FROM STDIN") as copy:
+    with conn.cursor() as cur, cur.copy(SQL["raw_copy"]) as copy:
         for _ in range(n):
             copy.write_row((args,))
 
@@ -65,21 +50,19 @@ def worker_process(dsn: str, shared: Shared, slot: int, options: dict[str, Any])
 
     async def listen() -> None:
         conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-        await conn.execute("LISTEN raw_jobs")
+        await conn.execute(SQL["raw_listen"])
         async for _ in conn.notifies():
             wake.set()
 
     async def loop(batch: int) -> None:
         conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=0)
         while not shared.stop.is_set():
-            cur = await conn.execute(CLAIM, (batch,))
+            cur = await conn.execute(SQL["raw_claim"], (batch,))
             rows = await cur.fetchall()
             if not rows:
                 wake.clear()
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), 0.05)
-                except asyncio.TimeoutError:
-                    pass
                 continue
             for _, args in rows:
                 seq = json.loads(args).get("seq")
@@ -87,7 +70,7 @@ def worker_process(dsn: str, shared: Shared, slot: int, options: dict[str, Any])
                     probe.tick()
                 else:
                     probe.started(seq)
-            await conn.execute(COMPLETE, ([r[0] for r in rows],))
+            await conn.execute(SQL["raw_complete"], ([r[0] for r in rows],))
         await conn.close()
 
     async def main() -> None:
@@ -103,12 +86,12 @@ def worker_process(dsn: str, shared: Shared, slot: int, options: dict[str, Any])
 
 def enqueue_single(dsn: str, n: int) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
-        conn.execute(INSERT, ("{}",))
+        conn.execute(SQL["raw_insert"], ("{}",))
         server = ServerCpu(dsn)
         server.start()
         cpu, started = own_cpu(), time.perf_counter()
         for _ in range(n):
-            conn.execute(INSERT, ("{}",))
+            conn.execute(SQL["raw_insert"], ("{}",))
         seconds = time.perf_counter() - started
         return throughput_result(n, seconds, own_cpu() - cpu, server.stop())
 
@@ -126,10 +109,27 @@ def enqueue_bulk(dsn: str, n: int) -> dict[str, Any]:
 def latency(dsn: str, samples: int) -> dict[str, Any]:
     with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
         def enqueue_one(seq: int) -> None:
-            conn.execute(INSERT_NOTIFY, (json.dumps({"seq": seq}),))
+            conn.execute(SQL["raw_insert_notify"], (json.dumps({"seq": seq}),))
 
         return latency_result(measure_latency(dsn, samples=samples, gap=0.02, target=worker_process,
                                               enqueue_one=enqueue_one, options={"conns": 1}))
+
+
+def backlog(dsn: str, jobs: int, queued: int, finished: int, runs: int) -> dict[str, Any]:
+    def fill_small(n: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            copy_in(conn, n)
+            conn.execute("VACUUM ANALYZE raw_jobs")
+
+    def fill_backlog() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SQL["raw_fill_backlog"], {"queued": queued, "finished": finished})
+            conn.execute("VACUUM ANALYZE raw_jobs")
+            conn.execute("VACUUM ANALYZE raw_finished")
+
+    return measure_backlog(dsn, jobs=jobs, runs=runs, reset=lambda: reset(dsn), fill_small=fill_small,
+                           fill_backlog=fill_backlog, count=lambda: remaining(dsn), target=worker_process,
+                           options={"conns": 2})
 
 
 def main() -> None:
@@ -141,11 +141,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--queued", type=int, default=1_000_000)
+    parser.add_argument("--finished", type=int, default=5_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker-dsn", help="where workers connect (the round-trip relay); default --dsn")
     args = parser.parse_args()
     dsn = args.dsn
     if args.figure == "setup":
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(SCHEMA)
+            conn.execute(SQL["raw_schema"])
         emit({"ok": True})
         return
     reset(dsn)
@@ -158,9 +162,12 @@ def main() -> None:
             copy_in(conn, args.n)
             conn.execute("VACUUM ANALYZE raw_jobs")
         emit(measure_processing(dsn, procs=args.procs, expected=args.n, max_seconds=args.seconds,
-                                target=worker_process, remaining=lambda: remaining(dsn), options={"conns": 2}))
+                                target=worker_process, remaining=lambda: remaining(dsn), options={"conns": 2},
+                                worker_dsn=args.worker_dsn))
     elif args.figure == "latency":
         emit(latency(dsn, args.samples))
+    elif args.figure == "backlog":
+        emit(backlog(dsn, args.n, args.queued, args.finished, args.runs))
     else:
         raise SystemExit(f"unknown figure {args.figure}")
 
