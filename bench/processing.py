@@ -105,7 +105,7 @@ def measure_processing(dsn: str, *, procs: int, expected: int, max_seconds: floa
     pg_cpu = server.stop()
     _stop(children, shared)
     worker_cpu = sum(shared.cpus)
-    log(f"  {jobs} jobs in {end - first:.2f}s with {procs} process(es)")
+    log(f"bench: {jobs} jobs in {end - first:.2f}s with {procs} process(es)")
     return throughput_result(jobs, end - first, worker_cpu, pg_cpu, procs=procs,
                              worker_peak_rss_mb=max(shared.peaks), worker_early_rss_mb=max(shared.early_rss),
                              drained=handled >= expected)
@@ -169,7 +169,7 @@ def measure_backlog(dsn: str, *, jobs: int, runs: int, reset: Callable[[], None]
     reset()
     started = time.monotonic()
     fill_backlog()
-    log(f"  backlog built in {time.monotonic() - started:.0f}s")
+    log(f"bench: backlog built in {time.monotonic() - started:.0f}s")
     for _ in range(runs):
         base = count()
         big.append(measure_processing(dsn, procs=1, expected=jobs, max_seconds=120, target=target,

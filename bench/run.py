@@ -27,10 +27,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -110,7 +111,7 @@ def say(message: str) -> None:
 
 # -- systems -----------------------------------------------------------------------------------------------------
 
-ALL_RUNS = {"enqueue_single", "enqueue_bulk", "process_1proc", "process_2proc", "latency", "round_trips"}
+ALL_RUNS = {"enqueue_single", "enqueue_bulk", "process_1proc", "process_2proc", "latency"}
 
 
 def discover() -> list[System]:
@@ -119,7 +120,7 @@ def discover() -> list[System]:
     here = sys.executable
     systems = [
         System("pgqueue", [here, str(drivers / "pgqueue_driver.py")],
-               ALL_RUNS | {"backlog", "io_bound", "memory", "feature_cost"}),
+               ALL_RUNS | {"backlog", "io_bound_50ms", "memory", "feature_cost_pct"}),
         System("raw_sql", [here, str(drivers / "raw_sql.py")], ALL_RUNS | {"backlog"}),
     ]
     peers = [("pgqueuer", "pgqueuer_driver.py"), ("procrastinate", "procrastinate_driver.py")]
@@ -133,7 +134,7 @@ def discover() -> list[System]:
                 system.missing = f"cannot import {name}: {probe.stderr.strip().splitlines()[-1:]}"
         systems.append(system)
     node = shutil.which("node")
-    graphile = System("graphile_worker", [node or "node", str(drivers / "graphile_worker.mjs")], set(ALL_RUNS))
+    graphile = System("graphile_worker", [node or "node", str(drivers / "graphile_worker.cjs")], set(ALL_RUNS))
     if node is None:
         graphile.missing = "node is not installed"
     elif not (NODE_DIR / "node_modules" / "graphile-worker").is_dir():
@@ -156,7 +157,7 @@ def databases(server_dsn: str, systems: list[System]) -> Iterator[None]:
                 name = f"pgqueue_bench_{system.name}_{tag}"
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
                 made.append(name)
-                system.dsn = make_conninfo(server_dsn, dbname=name)
+                system.dsn = url(server_dsn, dbname=name)
         yield
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as conn:
@@ -165,8 +166,24 @@ def databases(server_dsn: str, systems: list[System]) -> Iterator[None]:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
+def url(dsn: str, **changes: str) -> str:
+    """A DSN as a postgresql:// URL (every client here reads those; asyncpg and node's pg read only those)."""
+    parts = {**conninfo_to_dict(dsn), **changes}
+    user = quote(str(parts.pop("user", "postgres")), safe="")
+    password = parts.pop("password", None)
+    host = str(parts.pop("host", "127.0.0.1"))
+    port = parts.pop("port", "5432")
+    dbname = quote(str(parts.pop("dbname", "postgres")), safe="")
+    auth = f"{user}:{quote(str(password), safe='')}" if password else user
+    if host.startswith("/"):
+        parts["host"] = host
+        host = ""
+    query = f"?{urlencode(parts)}" if parts else ""
+    return f"postgresql://{auth}@{host}:{port}/{dbname}{query}"
+
+
 def via_proxy(dsn: str, port: int) -> str:
-    return make_conninfo(dsn, host="127.0.0.1", port=str(port), sslmode="disable")
+    return url(dsn, host="127.0.0.1", port=str(port), sslmode="disable")
 
 
 # -- running drivers ---------------------------------------------------------------------------------------------
@@ -184,8 +201,8 @@ def drive(system: System, figure: str, args: list[str], timeout: float, extra_ds
     except subprocess.TimeoutExpired as err:
         raise RuntimeError(f"timed out after {timeout:.0f}s") from err
     for line in done.stderr.splitlines():
-        if line.startswith("  "):
-            say(f"    {system.name}: {line.strip()}")
+        if line.startswith("bench: "):
+            say(f"    {system.name}: {line[7:]}")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -229,11 +246,6 @@ def plan(sizes: Sizes) -> list[tuple[str, str, list[str]]]:
     return steps
 
 
-def driver_figure(figure: str) -> str:
-    return {"process_1proc": "process", "process_2proc": "process", "io_bound_50ms": "io_bound",
-            "feature_cost_pct": "feature_cost"}.get(figure, figure)
-
-
 def run_all(systems: list[System], sizes: Sizes, results: Results, only: set[str] | None) -> None:
     runnable = [s for s in systems if s.missing is None]
     for system in systems:
@@ -256,7 +268,7 @@ def run_all(systems: list[System], sizes: Sizes, results: Results, only: set[str
             if only and figure not in only:
                 continue
             for system in runnable:
-                if driver_figure(figure) not in system.figures and name not in system.figures:
+                if figure not in system.figures:
                     continue
                 say(f"run {run}/{sizes.runs} {figure:<16} {system.name}")
                 try:
