@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -281,10 +282,43 @@ class App:
         for p in rows_params:
             if p["delay"] is not None:
                 raise ValidationError("enqueue_many takes run_at, not delay, per job")
-        columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "max_attempts")
-        params = {col: [p[col] for p in rows_params] for col in columns}
-        rows = sorted(self._fetch("job_insert_many", params, conn))
-        return [self._inserted(p, c.args, c.kwargs, row) for p, c, row in zip(rows_params, calls, rows, strict=True)]
+        if any(p["run_at"] is not None for p in rows_params):
+            # Whether a run_at is due is the database clock's call: the INSERT ... SELECT decides it.
+            columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "max_attempts")
+            params = {col: [p[col] for p in rows_params] for col in columns}
+            rows = sorted(self._fetch("job_insert_many", params, conn))
+            return [self._inserted(p, c.args, c.kwargs, row)
+                    for p, c, row in zip(rows_params, calls, rows, strict=True)]
+        if conn is not None:
+            now, ids = self._copy_in(conn, rows_params)
+        else:
+            with self.connection() as pooled:
+                now, ids = self._copy_in(pooled, rows_params)
+        queued = JobState.QUEUED
+        return [Job(id=id_, queue=p["queue"], task=p["task"], args=list(c.args), kwargs=c.kwargs,
+                    priority=p["priority"], state=queued, attempt=0, max_attempts=p["max_attempts"],
+                    scheduled_for=now, created_at=now)
+                for p, c, id_ in zip(rows_params, calls, ids, strict=True)]
+
+    @staticmethod
+    def _copy_in(conn: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> tuple[datetime, list[int]]:
+        """COPY due jobs in, in one transaction (the caller's when it has one open). Returns (now(), ids)."""
+        own = conn.transaction() if conn.autocommit else contextlib.nullcontext()
+        try:
+            with own, conn.cursor(binary=True) as cur:
+                cur.execute(q("job_ids_take"), {"n": len(rows)})
+                taken = cur.fetchone()
+                assert taken is not None
+                now, ids = taken
+                with cur.copy(q("job_copy_in")) as copy:
+                    for id_, p in zip(ids, rows, strict=True):
+                        copy.write_row((id_, p["queue"], p["task"], p["args"], p["kwargs"], p["priority"],
+                                        p["max_attempts"]))
+        except PgQueueError:
+            raise
+        except psycopg.Error as err:
+            raise from_psycopg(err) from err
+        return now, ids
 
     def enqueue(self, task: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
                 queue: str | None = None, priority: int | None = None, run_at: datetime | None = None,

@@ -20,7 +20,7 @@ import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pgqueue.errors import Fatal, PgQueueError, Retry, UnknownTask
 from pgqueue.job import to_json
@@ -31,12 +31,16 @@ if TYPE_CHECKING:
     from pgqueue.app import App
 
 DEFAULT_BACKOFF = Backoff()
+
+
+def _decode(text: str, empty: str, kind: type) -> Any:
+    """JSON arguments; the common empty ones without running the parser."""
+    return kind() if text == empty else json.loads(text)
 _TRACEBACK_LIMIT = 16_000
 
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    """A job as a claim returns it (columns of job_claim_*)."""
+class ClaimedJob(NamedTuple):
+    """A job as a claim returns it (columns of job_claim_*). A tuple: built per job on the hot path."""
 
     id: int
     queue: str
@@ -69,6 +73,9 @@ class Outcome:
                   "error_type": self.error_type, "message": self.message, "traceback": self.traceback,
                   "delay": self.delay}
         return ("job_retry" if self.state == "retry" else "job_dead"), params
+
+
+_SUCCEEDED_NONE = Outcome("succeeded", result="null")
 
 
 @dataclass
@@ -111,7 +118,7 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         err = UnknownTask(f"no handler for task {job.task!r} in this worker")
         return Execution(_failure(job, err, DEFAULT_BACKOFF))
     try:
-        args, kwargs = json.loads(job.args), json.loads(job.kwargs)
+        args, kwargs = _decode(job.args, "[]", list), _decode(job.kwargs, "{}", dict)
     except ValueError as err:
         return Execution(_failure(job, err, task.backoff))
     if task.takes_context:
@@ -120,21 +127,25 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         args = [ctx, *args]
     loop = asyncio.get_running_loop()
     try:
-        if task.is_async:
-            running: asyncio.Future[Any] = asyncio.ensure_future(task.fn(*args, **kwargs))
+        if task.is_async and task.timeout is None:
+            # Nothing to enforce: await the handler in this task rather than in a task of its own.
+            value = await task.fn(*args, **kwargs)
         else:
-            running = loop.run_in_executor(threads, functools.partial(task.fn, *args, **kwargs))
-        if task.timeout is None:
-            value = await running
-        else:
-            try:
-                done, _ = await asyncio.wait({running}, timeout=task.timeout)
-            except asyncio.CancelledError:
-                running.cancel()
-                raise
-            if not done:
-                return await _overran(job, task.timeout, task.backoff, running, task.is_async)
-            value = running.result()
+            if task.is_async:
+                running: asyncio.Future[Any] = asyncio.ensure_future(task.fn(*args, **kwargs))
+            else:
+                running = loop.run_in_executor(threads, functools.partial(task.fn, *args, **kwargs))
+            if task.timeout is None:
+                value = await running
+            else:
+                try:
+                    done, _ = await asyncio.wait({running}, timeout=task.timeout)
+                except asyncio.CancelledError:
+                    running.cancel()
+                    raise
+                if not done:
+                    return await _overran(job, task.timeout, task.backoff, running, task.is_async)
+                value = running.result()
     except asyncio.CancelledError:
         raise
     except Retry as err:
@@ -145,6 +156,8 @@ async def execute(app: App, job: ClaimedJob, worker_id: uuid.UUID, threads: Exec
         return Execution(_failure(job, err, task.backoff, fatal=isinstance(err, task.non_retryable)))
     except BaseException as err:  # SystemExit or KeyboardInterrupt from a handler: a failed attempt
         return Execution(_failure(job, err, task.backoff))
+    if value is None:
+        return Execution(_SUCCEEDED_NONE)
     try:
         result = to_json(value, f"the result of task {job.task}")
     except PgQueueError as err:

@@ -112,8 +112,9 @@ def to_json(value: Any, what: str) -> str:
 def encode_payload(args: Sequence[Any], kwargs: dict[str, Any],
                    limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[str, str]:
     """The (args, kwargs) JSON texts of a job, checked against the payload limit."""
-    args_text = to_json(list(args), "job arguments")
-    kwargs_text = to_json(kwargs, "job arguments")
+    # Jobs without positional (or keyword) arguments are common, and bulk enqueues make thousands of them.
+    args_text = to_json(list(args), "job arguments") if args else "[]"
+    kwargs_text = to_json(kwargs, "job arguments") if kwargs else "{}"
     size = len(args_text.encode()) + len(kwargs_text.encode())
     if size > limit:
         raise PayloadTooLarge(

@@ -164,6 +164,8 @@ class Task(Generic[P, R]):
         return self.app._enqueue_many(self, [self._as_call(c) for c in calls], conn)
 
     def _as_call(self, item: Call | Mapping[str, Any] | Sequence[Any]) -> Call:
+        if type(item) is dict:  # the common case, without the slower abstract-class checks below
+            return Call((), dict(item))
         if isinstance(item, Call):
             return item
         if isinstance(item, Mapping):

@@ -17,6 +17,7 @@ timeout) and leave. A second signal skips the wait.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pgqueue.completer import Completer
 from pgqueue.connection import DedicatedConnection, connect
 from pgqueue.errors import DatabaseUnavailable, PgQueueError, ValidationError
-from pgqueue.executor import ClaimedJob, execute
+from pgqueue.executor import ClaimedJob, Outcome, execute
 from pgqueue.job import check_queue
 from pgqueue.maintenance import Maintenance, MaintenanceConfig
 from pgqueue.migrate import check_current
@@ -130,6 +131,7 @@ class Worker:
         self.id = uuid.uuid4()
         self.stats = WorkerStats()
         self._running: dict[int, _Running] = {}
+        self._acks_pending = 0
         self._more = True
         self._stop_requests = 0
         # Created in run(): asyncio primitives belong to the loop that runs the worker.
@@ -225,7 +227,9 @@ class Worker:
         delay = 0.05
         while not self._stopping.is_set():
             self._wake.clear()
-            free = cfg.concurrency - len(self._running)
+            # Jobs whose handler finished but whose outcome is not yet recorded hold no slot, but at most
+            # `concurrency` of them may wait before claiming stops, so a slow database is not outrun.
+            free = cfg.concurrency - len(self._running) - max(0, self._acks_pending - cfg.concurrency)
             if free > 0 and self._more:
                 asked = min(free, cfg.claim_batch)
                 try:
@@ -260,7 +264,7 @@ class Worker:
         else:
             rows = await self._claim_conn.fetch(q("job_claim_any"), params)
         self.stats.claimed += len(rows)
-        return [ClaimedJob(*row) for row in rows]
+        return [ClaimedJob._make(row) for row in rows]
 
     # -- running ---------------------------------------------------------------------------------------------
 
@@ -277,21 +281,17 @@ class Worker:
                 return  # the database has already moved on; what we would write would be fenced off anyway
             outcome = execution.outcome
             record.acking = True
-            accepted = await self._completer.submit(job, outcome)
-            if not accepted:
-                self.stats.fenced += 1
-                log.warning("job %s attempt %s: outcome refused, the job was taken over (lease lost)",
-                            job.id, job.attempt)
-            elif outcome.state == "succeeded":
-                self.stats.done += 1
-            else:
-                self.stats.failed += 1
-                log.info("job %s (%s) attempt %d/%d failed: %s: %s -> %s", job.id, job.task, job.attempt,
-                         job.max_attempts, outcome.error_type, outcome.message,
-                         f"retry in {outcome.delay:.2f}s" if outcome.state == "retry" else "dead")
-            if execution.overrun is not None:
-                # The thread of a timed-out sync handler still runs: keep its slot until it returns.
-                await asyncio.wait({execution.overrun})
+            self._acks_pending += 1
+            accepted = self._completer.submit(job, outcome)
+            if execution.overrun is None:
+                # The handler is done, so its slot is free now while the completer records the outcome in a
+                # batch: claiming the next jobs overlaps with acknowledging these. The job stays leased to us
+                # (and fenced) until the acknowledgement lands; _produce bounds how many may wait for one.
+                accepted.add_done_callback(functools.partial(self._acknowledged, job, outcome))
+                return
+            self._acknowledged(job, outcome, accepted, await accepted)
+            # The thread of a timed-out sync handler still runs: keep its slot until it returns.
+            await asyncio.wait({execution.overrun})
         except asyncio.CancelledError:
             pass
         except Exception:  # a bug of ours; the job stays leased and the reaper hands it on
@@ -301,6 +301,28 @@ class Worker:
             if self._more or self._stopping.is_set():
                 self._wake.set()
             self._slot_free.set()
+
+    def _acknowledged(self, job: ClaimedJob, outcome: Outcome, accepted: asyncio.Future[bool],
+                      result: bool | None = None) -> None:
+        """Count (and log) an outcome once the database has taken it or fenced it off."""
+        self._acks_pending -= 1
+        if self._more and self._acks_pending == self.config.concurrency:
+            self._wake.set()  # the producer may have held back for acknowledgements to catch up
+        if result is None:
+            if accepted.cancelled():
+                return
+            result = accepted.result()
+        if not result:
+            self.stats.fenced += 1
+            log.warning("job %s attempt %s: outcome refused, the job was taken over (lease lost)",
+                        job.id, job.attempt)
+        elif outcome.state == "succeeded":
+            self.stats.done += 1
+        else:
+            self.stats.failed += 1
+            log.info("job %s (%s) attempt %d/%d failed: %s: %s -> %s", job.id, job.task, job.attempt,
+                     job.max_attempts, outcome.error_type, outcome.message,
+                     f"retry in {outcome.delay:.2f}s" if outcome.state == "retry" else "dead")
 
     # -- heartbeat -------------------------------------------------------------------------------------------
 
