@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -61,13 +61,16 @@ class EnqueueOptions:
             raise ValidationError(f"delay must be a number of seconds from 0 to 10 years, got {self.delay!r}")
 
 
+NO_OPTIONS = EnqueueOptions()
+
+
 @dataclass(frozen=True)
 class Call:
     """One job's arguments and options, for ``enqueue_many``: ``task.call(x, y=1)``."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    options: EnqueueOptions = field(default_factory=EnqueueOptions)
+    options: EnqueueOptions = NO_OPTIONS
 
 
 def _takes_context(fn: Callable[..., Any]) -> bool:
@@ -111,16 +114,24 @@ class Task(Generic[P, R]):
             signature = signature.replace(parameters=params)
         self.signature = signature
         self._own_option_names = OPTION_NAMES & set(signature.parameters)
+        # Whether a call binds depends only on how many positional arguments it has and which keywords: shapes
+        # that bound once are remembered, so bulk enqueues do not bind the signature for every job.
+        self._good_shapes: set[tuple[int, frozenset[str]]] = set()
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ValidationError unless the handler could be called with these arguments."""
+        shape = (len(args), frozenset(kwargs))
+        if shape in self._good_shapes:
+            return
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as err:
             raise ValidationError(f"bad arguments for task {self.name}: {err}") from err
+        if len(self._good_shapes) < 256:
+            self._good_shapes.add(shape)
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], EnqueueOptions, Any]:
         options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES - self._own_option_names}
