@@ -92,7 +92,12 @@ def rss_mb(pid: int | None = None) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory, in MiB (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident memory, in MiB: VmHWM, not ru_maxrss, which a spawned child inherits
+    from the parent it was forked from (so a driver that built a big backlog would show as the worker's peak)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

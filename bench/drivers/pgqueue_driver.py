@@ -21,6 +21,7 @@ from measure import (
     ServerCpu,
     emit,
     latency_result,
+    log,
     named,
     own_cpu,
     rss_mb,
@@ -89,16 +90,23 @@ def worker_process(dsn: str, shared: Shared, slot: int, options: dict[str, Any])
     async def main() -> None:
         running = asyncio.create_task(worker.run())
         early = options.get("rss_early_at", 0)
+        next_sample = early
         while not shared.stop.is_set() and not running.done():
             await asyncio.sleep(0.02)
             if early and probe.count >= early and not shared.early_rss[slot]:
                 shared.early_rss[slot] = rss_mb()
+            if early and probe.count >= next_sample:
+                samples.append(f"{probe.count // 1000}k:{rss_mb():.0f}")
+                next_sample += early
         probe.finish()
         worker.stop(force=True)
         await running
         await app.aclose()
 
+    samples: list[str] = []
     asyncio.run(main())
+    if samples:
+        log("bench: RSS MiB by jobs done " + " ".join(samples))
 
 
 # -- figures ---------------------------------------------------------------------------------------------------
