@@ -65,15 +65,16 @@ class Sizes:
     backlog_jobs: int
     io_jobs: int
     memory_jobs: int
+    feature_jobs: int
     timeout: float
 
 
 FULL = Sizes(runs=3, enqueue_single=3000, enqueue_bulk=200_000, process=100_000, process_seconds=10.0,
              latency_samples=200, round_trip_jobs=20_000, backlog_queued=1_000_000, backlog_finished=5_000_000,
-             backlog_jobs=30_000, io_jobs=20_000, memory_jobs=1_000_000, timeout=900)
+             backlog_jobs=30_000, io_jobs=20_000, memory_jobs=1_000_000, feature_jobs=20_000, timeout=900)
 QUICK = Sizes(runs=1, enqueue_single=500, enqueue_bulk=30_000, process=15_000, process_seconds=2.5,
               latency_samples=30, round_trip_jobs=3_000, backlog_queued=100_000, backlog_finished=200_000,
-              backlog_jobs=10_000, io_jobs=3_000, memory_jobs=0, timeout=300)
+              backlog_jobs=10_000, io_jobs=3_000, memory_jobs=0, feature_jobs=5_000, timeout=300)
 
 
 @dataclass
@@ -241,7 +242,7 @@ def plan(sizes: Sizes) -> list[tuple[str, str, list[str]]]:
         ("process_2proc", "process", [*process, "--procs", "2"]),
         ("latency", "latency", ["--samples", str(sizes.latency_samples)]),
         ("io_bound_50ms", "io_bound", ["--n", str(sizes.io_jobs), "--seconds", "60"]),
-        ("feature_cost_pct", "feature_cost", ["--n", str(sizes.process)]),
+        ("feature_cost_pct", "feature_cost", ["--n", str(sizes.feature_jobs)]),
     ]
     return steps
 

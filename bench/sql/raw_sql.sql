@@ -24,10 +24,11 @@ WITH i AS (INSERT INTO raw_jobs (args) VALUES (%s) RETURNING id) SELECT pg_notif
 COPY raw_jobs (args) FROM STDIN
 
 -- name: raw_claim
--- Up to %s queued rows, oldest first; SKIP LOCKED lets connections pass over each other's rows.
-UPDATE raw_jobs SET state = 'running'
-WHERE id IN (SELECT id FROM raw_jobs WHERE state = 'queued' ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
-RETURNING id, args::text
+-- Up to %s queued rows, oldest first; SKIP LOCKED lets connections pass over each other's rows. The CTE is
+-- a fence: written as `WHERE id IN (subquery)` the planner may hash-join it against a scan of the whole table.
+WITH picked AS (SELECT id FROM raw_jobs WHERE state = 'queued' ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE raw_jobs AS j SET state = 'running' FROM picked WHERE j.id = picked.id
+RETURNING j.id, j.args::text
 
 -- name: raw_complete
 DELETE FROM raw_jobs WHERE id = ANY(%s)
