@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-server test-embedded lint chaos bench bench-quick clean chromium
+.PHONY: install demo test test-server test-embedded lint chaos bench bench-quick bench-deps clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,34 @@ test-embedded: $(STAMP) chromium
 chaos: $(STAMP)
 	@mkdir -p test-artifacts
 	$(BIN)/python -m tests.chaos --markdown test-artifacts/chaos.md $(CHAOS_ARGS)
+
+# Performance, side by side with the peers (see README "Performance"). Peers live in bench/.venv-peers and
+# bench/node/node_modules, never in pgqueue's venv; a peer that cannot be installed shows as n/a in the table.
+PEERS       := bench/.venv-peers
+PEERS_STAMP := $(PEERS)/.installed-$(shell cksum bench/requirements-peers.txt | cut -d' ' -f1)
+BENCH_ARGS  ?=
+
+$(PEERS_STAMP): bench/requirements-peers.txt
+	rm -rf $(PEERS)
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -r bench/requirements-peers.txt || rm -f $(PEERS)/bin/python
+	touch $(PEERS_STAMP)
+
+bench/node/node_modules/.installed: bench/node/package.json bench/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		(cd bench/node && npm ci --no-audit --no-fund --loglevel=error) && touch $@ \
+			|| echo "graphile-worker could not be installed; the table will say so"; \
+	else echo "no npm: graphile-worker is left out of the table"; fi
+
+bench-deps: $(STAMP) $(PEERS_STAMP)
+	@$(MAKE) --no-print-directory bench/node/node_modules/.installed || true
+
+bench: bench-deps
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: bench-deps
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

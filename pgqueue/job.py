@@ -107,18 +107,27 @@ class Job:
         )
 
 
-def to_json(value: Any, what: str) -> str:
-    """Serialise to compact JSON, or ValidationError saying which value cannot be."""
+# One encoder for every payload and result: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _encode(value: Any, what: str) -> tuple[str, int]:
+    """Compact JSON and its size in UTF-8 bytes, or ValidationError saying which value cannot be stored."""
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        text.encode("utf-8")  # lone surrogates cannot be stored: say so here, not in the driver
+        text = _ENCODER.encode(value)
+        size = len(text.encode("utf-8"))  # lone surrogates cannot be stored: say so here, not in the driver
     except (TypeError, ValueError) as err:
         raise ValidationError(f"{what} must be JSON-serialisable: {err}") from err
     except UnicodeEncodeError as err:
         raise ValidationError(f"{what} contain text that is not valid Unicode (a lone surrogate)") from err
     except RecursionError as err:
         raise ValidationError(f"{what} are nested too deeply to serialise") from err
-    return text
+    return text, size
+
+
+def to_json(value: Any, what: str) -> str:
+    """Serialise to compact JSON, or ValidationError saying which value cannot be."""
+    return _encode(value, what)[0]
 
 
 def from_json(text: str, what: str) -> Any:
@@ -133,9 +142,10 @@ def from_json(text: str, what: str) -> Any:
 def encode_payload(args: Sequence[Any], kwargs: dict[str, Any],
                    limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[str, str]:
     """The (args, kwargs) JSON texts of a job, checked against the payload limit."""
-    args_text = to_json(list(args), "job arguments")
-    kwargs_text = to_json(kwargs, "job arguments")
-    size = len(args_text.encode()) + len(kwargs_text.encode())
+    # Jobs without positional (or keyword) arguments are common, and bulk enqueues make thousands of them.
+    args_text, args_size = _encode(list(args), "job arguments") if args else ("[]", 2)
+    kwargs_text, kwargs_size = _encode(kwargs, "job arguments") if kwargs else ("{}", 2)
+    size = args_size + kwargs_size
     if size > limit:
         raise PayloadTooLarge(
             f"job arguments are {size} bytes, over the limit of {limit} bytes; "
