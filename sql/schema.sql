@@ -648,7 +648,7 @@ BEGIN
 END;
 $$;
 
--- ===================================================================================================
+-- ==========================================================================================================
 -- Effectively once (issue 4; migration 0003): the transactional outbox, idempotency keys for outside effects,
 -- enqueue-time idempotency keys, completion webhooks.
 -- ==========================================================================================================
@@ -786,7 +786,6 @@ CREATE TRIGGER finished_jobs_forget_callbacks
     AFTER DELETE ON pgqueue.finished_jobs
     REFERENCING OLD TABLE AS removed
     FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.job_callbacks_forget();
-=======
 -- ============================================================================================
 -- The web layer (issue 7, migration 0004): API tokens, worker control and counters, alerts, depth samples.
 -- ============================================================================================
