@@ -63,11 +63,13 @@ RETURNING id, state, scheduled_for, created_at;
 -- Claim up to %(limit)s queued jobs from any queue. The CTE is a fence: the planner must finish the locking
 -- SELECT (and its LIMIT) before the UPDATE runs, so no more rows are updated than were picked. SKIP LOCKED
 -- lets concurrent claimers pass over each other's rows instead of queueing behind them.
--- Controlled queues (paused, limited, fair) are left to claim_controlled; the InitPlan over the small queues
--- table runs once per statement.
+-- Controlled queues (paused, limited, fair) are left to claim_controlled. Written as NOT EXISTS on purpose: the
+-- planner keeps walking jobs_claim_any_idx in order and probes the tiny queues table per candidate row; the
+-- equivalent `queue <> ALL (ARRAY(...))` made it sort every queued job (about 8x slower at 20,000 queued).
 WITH picked AS (
     SELECT id FROM pgqueue.jobs
-    WHERE state = 'queued' AND queue <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE controlled))
+    WHERE state = 'queued'
+      AND NOT EXISTS (SELECT 1 FROM pgqueue.queues AS c WHERE c.name = jobs.queue AND c.controlled)
     ORDER BY priority DESC, scheduled_for, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
