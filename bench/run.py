@@ -45,8 +45,8 @@ LABELS = {"pgqueue": "pgqueue", "pgqueuer": "PgQueuer", "procrastinate": "Procra
           "graphile_worker": "graphile-worker", "raw_sql": "raw SQL"}
 FIGURES = ["enqueue_single", "enqueue_bulk", "process_1proc", "process_2proc", "latency_p50_ms", "latency_p99_ms",
            "backlog_claim_ratio"]
-EXTRA_FIGURES = ["round_trips_per_job", "worker_cpu_s_per_10k", "pg_cpu_s_per_10k", "io_bound_50ms",
-                 "worker_peak_rss_mb", "worker_rss_growth_mb", "feature_cost_pct"]
+EXTRA_FIGURES = ["process_1proc_default", "round_trips_per_job", "worker_cpu_s_per_10k", "pg_cpu_s_per_10k",
+                 "io_bound_50ms", "worker_peak_rss_mb", "worker_rss_growth_mb", "feature_cost_pct"]
 LOWER_IS_BETTER = {"latency_p50_ms", "latency_p99_ms", "round_trips_per_job", "worker_cpu_s_per_10k",
                    "pg_cpu_s_per_10k", "worker_peak_rss_mb", "worker_rss_growth_mb", "feature_cost_pct"}
 
@@ -121,7 +121,7 @@ def discover() -> list[System]:
     here = sys.executable
     systems = [
         System("pgqueue", [here, str(drivers / "pgqueue_driver.py")],
-               ALL_RUNS | {"backlog", "io_bound_50ms", "memory", "feature_cost_pct"}),
+               ALL_RUNS | {"backlog", "io_bound_50ms", "memory", "feature_cost_pct", "process_1proc_default"}),
         System("raw_sql", [here, str(drivers / "raw_sql.py")], ALL_RUNS | {"backlog"}),
     ]
     peers = [("pgqueuer", "pgqueuer_driver.py"), ("procrastinate", "procrastinate_driver.py")]
@@ -240,6 +240,7 @@ def plan(sizes: Sizes) -> list[tuple[str, str, list[str]]]:
         ("enqueue_bulk", "enqueue_bulk", ["--n", str(sizes.enqueue_bulk)]),
         ("process_1proc", "process", [*process, "--procs", "1"]),
         ("process_2proc", "process", [*process, "--procs", "2"]),
+        ("process_1proc_default", "process_default", [*process, "--procs", "1"]),
         ("latency", "latency", ["--samples", str(sizes.latency_samples)]),
         ("io_bound_50ms", "io_bound", ["--n", str(sizes.io_jobs), "--seconds", "60"]),
         ("feature_cost_pct", "feature_cost", ["--n", str(sizes.feature_jobs)]),
@@ -378,6 +379,7 @@ TITLES = {
     "enqueue_single": "enqueue, one transaction per job",
     "enqueue_bulk": "bulk enqueue",
     "process_1proc": "no-op jobs processed, 1 worker process",
+    "process_1proc_default": "no-op jobs, 1 process, pgqueue's default settings (no prefetch)",
     "process_2proc": "no-op jobs processed, 2 worker processes",
     "latency_p50_ms": "latency commit → handler start, p50",
     "latency_p99_ms": "latency commit → handler start, p99",
@@ -385,7 +387,7 @@ TITLES = {
     "round_trips_per_job": "database round trips per job (1 process)",
     "worker_cpu_s_per_10k": "worker CPU s per 10k jobs (1 process)",
     "pg_cpu_s_per_10k": "PostgreSQL CPU s per 10k jobs (1 process)",
-    "io_bound_50ms": "async jobs awaiting 50 ms, concurrency 200 (ideal 4,000/s)",
+    "io_bound_50ms": "async jobs awaiting 50 ms, concurrency 200, prefetch 100 (ideal 4,000/s)",
     "worker_peak_rss_mb": "worker peak RSS over the memory run",
     "worker_rss_growth_mb": "worker RSS growth, 10% → end of the memory run",
     "feature_cost_pct": "cost of unused features on the claim path",

@@ -12,7 +12,8 @@ from typing import Any, Concatenate, Protocol, TypeVar, overload
 import psycopg
 import psycopg_pool
 
-from pgqueue.connection import connect, connect_options, describe, resolve_dsn
+from pgqueue.bulk import copy_jobs
+from pgqueue.connection import connect, connect_options, describe, has_rows, resolve_dsn
 from pgqueue.errors import (
     DatabaseUnavailable,
     JobNotFound,
@@ -336,6 +337,10 @@ class App(Effects):
         if task is not None:
             task.check_arguments(args, kwargs)
         args_text, kwargs_text = encode_payload(args, kwargs, self.max_payload_bytes)
+        return {**self._option_params(task, name, options), "args": args_text, "kwargs": kwargs_text}
+
+    def _option_params(self, task: Task[Any, Any] | None, name: str, options: EnqueueOptions) -> dict[str, Any]:
+        """The insert parameters that come from the task and the options (all but the arguments), checked."""
         return {
             "task": name,
             "queue": check_queue(options.queue if options.queue is not None else (task.queue if task else "default")),
@@ -345,8 +350,6 @@ class App(Effects):
                                                else (task.max_attempts if task else 10)),
             "run_at": options.run_at,
             "delay": options.delay,
-            "args": args_text,
-            "kwargs": kwargs_text,
             "group_key": check_key(options.group, "group", 200),
             "unique_key": check_key(options.unique_key, "unique_key", 500),
             "batch_id": options.batch_id,
@@ -359,9 +362,8 @@ class App(Effects):
     def _inserted(params: dict[str, Any], args: Sequence[Any], kwargs: dict[str, Any],
                   row: tuple[Any, ...]) -> Job:
         id_, state, scheduled_for, created_at = row
-        return Job(id=id_, queue=params["queue"], task=params["task"], args=list(args), kwargs=kwargs,
-                   priority=params["priority"], state=JobState(state), attempt=0,
-                   max_attempts=params["max_attempts"], scheduled_for=scheduled_for, created_at=created_at)
+        return Job.enqueued(id_, params["queue"], params["task"], list(args), kwargs, params["priority"], state,
+                            params["max_attempts"], scheduled_for, created_at)
 
     def _enqueue(self, task: Task[Any, Any] | None, args: Sequence[Any], kwargs: dict[str, Any],
                  options: EnqueueOptions, conn: psycopg.Connection[Any] | None, name: str | None = None) -> Job:
@@ -377,38 +379,67 @@ class App(Effects):
             return self.job(row[0], conn=conn)  # it may be the job that already held the key
         return self._inserted(params, args, kwargs, row)
 
-    async def _enqueue_async(self, task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any],
-                             options: EnqueueOptions, conn: psycopg.AsyncConnection[Any] | None) -> Job:
-        params = self._insert_params(task, task.name, args, kwargs, options)
+    async def _enqueue_async(self, task: Task[Any, Any] | None, args: Sequence[Any], kwargs: dict[str, Any],
+                             options: EnqueueOptions, conn: psycopg.AsyncConnection[Any] | None,
+                             name: str | None = None) -> Job:
+        params = self._insert_params(task, name or task.name if task else name or "", args, kwargs, options)
         if options.idempotency_key is not None or options.callback_url is not None:
             return await self._enqueue_once_async(params, args, kwargs, options, conn, _insert_one_async)
         if conn is not None:
-            row = await _insert_one_async(conn, params)
-        else:
-            try:
-                async with (await self._async_pool()).connection() as pooled:
-                    row = await _insert_one_async(pooled, params)
-            except psycopg_pool.PoolTimeout as err:
-                raise DatabaseUnavailable(f"no connection to PostgreSQL at {describe(self.dsn)} "
-                                          "within 10 s") from err
+            return await self._insert_async(conn, params, args, kwargs)
+        try:
+            async with (await self._async_pool()).connection() as pooled:
+                return await self._insert_async(pooled, params, args, kwargs)
+        except psycopg_pool.PoolTimeout as err:
+            raise DatabaseUnavailable(f"no connection to PostgreSQL at {describe(self.dsn)} within 10 s") from err
+
+    async def _insert_async(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], args: Sequence[Any],
+                            kwargs: dict[str, Any]) -> Job:
+        row = await _insert_one_async(conn, params)
+        if params["unique_key"] is not None:  # it may be the job that already held the key: read it back
+            return Job.from_row((await _run_async(conn, "job_get", {"id": row[0]}))[0])
         return self._inserted(params, args, kwargs, row)
 
     def _enqueue_many(self, task: Task[Any, Any], calls: list[Call], conn: psycopg.Connection[Any] | None
                       ) -> list[Job]:
         if not calls:
             return []
-        rows_params = [self._insert_params(task, task.name, c.args, c.kwargs, c.options) for c in calls]
-        for p in rows_params:
-            if p["delay"] is not None:
-                raise ValidationError("enqueue_many takes run_at, not delay, per job")
-            if p["unique_key"] is not None or p["depends_on"] is not None:
-                raise ValidationError("unique_key and depends_on need enqueue (one job each), not enqueue_many")
-        if any(c.options.idempotency_key or c.options.callback_url for c in calls):
-            raise ValidationError("enqueue_many takes no idempotency_key or callback_url; enqueue those one by one")
-        columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "max_attempts", "group_key", "batch_id")
-        params = {col: [p[col] for p in rows_params] for col in columns}
-        rows = sorted(self._fetch("job_insert_many", params, conn))
+        rows_params = self._many_params(task, calls)
+        if all(p["run_at"] is None and not p["delay"] for p in rows_params):
+            # Due now, the usual bulk load: COPY (see pgqueue.bulk). Later jobs go through INSERT, where the
+            # database clock decides whether they are due.
+            if conn is not None:
+                rows = copy_jobs(conn, rows_params)
+            else:
+                with self.connection() as pooled:
+                    rows = copy_jobs(pooled, rows_params)
+        else:
+            columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "delay", "max_attempts",
+                       "group_key", "batch_id")
+            params = {col: [p[col] for p in rows_params] for col in columns}
+            rows = sorted(self._fetch("job_insert_many", params, conn))
         return [self._inserted(p, c.args, c.kwargs, row) for p, c, row in zip(rows_params, calls, rows, strict=True)]
+
+    def _many_params(self, task: Task[Any, Any], calls: list[Call]) -> list[dict[str, Any]]:
+        """Checked insert parameters of each call. Calls usually share one options object: its part of the
+        parameters is worked out once."""
+        by_options: dict[int, dict[str, Any]] = {}
+        rows_params = []
+        for call in calls:
+            options = call.options
+            shared = by_options.get(id(options))
+            if shared is None:
+                if options.unique_key is not None or options.depends_on is not None:
+                    raise ValidationError("unique_key and depends_on need enqueue (one job each), not enqueue_many")
+                if options.idempotency_key or options.callback_url:
+                    raise ValidationError("enqueue_many takes no idempotency_key or callback_url; "
+                                          "enqueue those one by one")
+                shared = self._option_params(task, task.name, options)
+                by_options[id(options)] = shared
+            task.check_arguments(call.args, call.kwargs)
+            args_text, kwargs_text = encode_payload(call.args, call.kwargs, self.max_payload_bytes)
+            rows_params.append({**shared, "args": args_text, "kwargs": kwargs_text})
+        return rows_params
 
     def enqueue(self, task: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
                 queue: str | None = None, priority: int | None = None, run_at: datetime | None = None,
@@ -429,6 +460,24 @@ class App(Effects):
                                  depends_on, on_parent_failure, idempotency_key=idempotency_key,
                                  callback_url=callback_url)
         return self._enqueue(registered, list(args), dict(kwargs or {}), options, conn, name=task)
+
+    async def enqueue_async(self, task: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                            queue: str | None = None, priority: int | None = None, run_at: datetime | None = None,
+                            delay: float | None = None, max_attempts: int | None = None, group: str | None = None,
+                            unique_key: str | None = None, unique_for: float | None = None,
+                            depends_on: Sequence[Any] | None = None, on_parent_failure: str = "cancel",
+                            idempotency_key: str | None = None, callback_url: str | None = None,
+                            conn: psycopg.AsyncConnection[Any] | None = None) -> Job:
+        """``enqueue`` by task name for asyncio code; ``conn`` is then a psycopg AsyncConnection::
+
+            job = await app.enqueue_async("billing.charge", kwargs={"order": 42}, idempotency_key="charge:42")
+        """
+        check_task_name(task)
+        registered = self.get_task(task) if self.tasks else None
+        options = EnqueueOptions(queue, priority, run_at, delay, max_attempts, group, unique_key, unique_for,
+                                 depends_on, on_parent_failure, idempotency_key=idempotency_key,
+                                 callback_url=callback_url)
+        return await self._enqueue_async(registered, list(args), dict(kwargs or {}), options, conn, name=task)
 
     # -- reading and managing jobs ---------------------------------------------------------------------------
 
@@ -607,7 +656,7 @@ def _read_job(conn: psycopg.Connection[Any], job_id: int) -> Job:
 def _run(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     try:
         cur = conn.execute(q(name), params)
-        return cur.fetchall() if cur.description else []
+        return cur.fetchall() if has_rows(cur) else []
     except PgQueueError:
         raise
     except psycopg.Error as err:
@@ -618,7 +667,7 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], name: str, params: dict
                      ) -> list[tuple[Any, ...]]:
     try:
         cur = await conn.execute(q(name), params)
-        return await cur.fetchall() if cur.description else []
+        return await cur.fetchall() if has_rows(cur) else []
     except psycopg.Error as err:
         raise from_psycopg(err) from err
 

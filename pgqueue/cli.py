@@ -8,6 +8,7 @@ unreachable, schema missing). Tracebacks are for bugs only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -67,7 +68,15 @@ def root(dsn: DsnOption = None,
 
 
 def _app() -> App:
-    return App(dsn=_state["dsn"])
+    app = App(dsn=_state["dsn"])
+    _opened.append(app)
+    return app
+
+
+# Apps made by commands, closed when main() returns: a caller running many commands in one process (tests,
+# scripts) would otherwise leave their pools to the garbage collector, which may run a pool's finaliser on
+# that pool's own thread.
+_opened: list[App] = []
 
 
 def load_app(path: str) -> App:
@@ -159,6 +168,8 @@ def work(
                              ] = 5.0,
     drain_timeout: Annotated[float, typer.Option(help="Seconds to let running jobs finish on SIGTERM.")] = 30.0,
     promote_interval: Annotated[float, typer.Option(help="Max seconds between moves of due delayed jobs.")] = 1.0,
+    prefetch: Annotated[int, typer.Option(min=0, help="Jobs claimed ahead of free slots (short jobs; default 0).")
+                        ] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     relay: Annotated[bool, typer.Option("--relay", help="Also deliver the outbox (see `pgqueue relay`).")] = False,
 ) -> None:
@@ -170,7 +181,7 @@ def work(
     app = load_app(app_path)
     config = WorkerConfig(queues=queue, concurrency=concurrency, lease=lease, heartbeat=heartbeat,
                           poll_interval=poll_interval, drain_timeout=drain_timeout,
-                          promote_interval=promote_interval, relay=relay)
+                          promote_interval=promote_interval, prefetch=prefetch, relay=relay)
     worker = Worker(app, config)
 
     async def main() -> None:
@@ -536,10 +547,39 @@ def batch_show(batch_id: Annotated[int, typer.Argument(help="Batch id.")]) -> No
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; every user mistake becomes one line on stderr and a non-zero exit code."""
+    try:
+        return _main(argv)
+    finally:
+        while _opened:
+            with contextlib.suppress(Exception):  # leaving: a pool that cannot close cleanly changes nothing
+                _opened.pop().close()
+
+
+def _hoist_dsn(args: list[str]) -> list[str]:
+    """``pgqueue migrate --dsn X`` means ``pgqueue --dsn X migrate``: --dsn is an option of the whole program,
+    and people put it after the command as often as before. Nothing after a ``--`` is touched."""
+    end = args.index("--") if "--" in args else len(args)
+    head: list[str] = []
+    moved: list[str] = []
+    i = 0
+    while i < end:
+        arg = args[i]
+        if arg == "--dsn":
+            if i + 1 == end:
+                raise typer.BadParameter("--dsn needs a value: a PostgreSQL DSN such as postgresql://user@host/db")
+            moved += args[i:i + 2]
+            i += 2
+            continue
+        (moved if arg.startswith("--dsn=") else head).append(arg)
+        i += 1
+    return moved + head + args[end:]
+
+
+def _main(argv: Sequence[str] | None) -> int:
     command = typer.main.get_command(cli)
     try:
-        result = command.main(args=list(argv) if argv is not None else None, prog_name="pgqueue",
-                              standalone_mode=False)
+        args = _hoist_dsn(list(argv) if argv is not None else sys.argv[1:])
+        result = command.main(args=args, prog_name="pgqueue", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except typer.Exit as err:
         return int(getattr(err, "exit_code", 0) or 0)

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from pgqueue import embedded
@@ -52,6 +53,13 @@ def describe(dsn: str) -> str:
     port = parts.get("port") or "5432"
     name = parts.get("dbname") or parts.get("user") or "postgres"
     return f"{host}:{port}/{name}"
+
+
+def has_rows(cur: psycopg.Cursor[Any] | psycopg.AsyncCursor[Any]) -> bool:
+    """Whether the statement just run returned rows (a SELECT or RETURNING), to fetch them. Cheaper than
+    ``cur.description``, which builds a Column per result column on every call (15 µs for four columns)."""
+    result = cur.pgresult
+    return result is not None and result.status == pq.ExecStatus.TUPLES_OK
 
 
 def connect_options(dsn: str) -> dict[str, Any]:
@@ -110,7 +118,7 @@ class DedicatedConnection:
             conn = await self.get()
             try:
                 cur = await conn.execute(query, params)
-                return await cur.fetchall() if cur.description else []
+                return await cur.fetchall() if has_rows(cur) else []
             except psycopg.Error as err:
                 if conn.broken or isinstance(err, psycopg.OperationalError):
                     await self.close()
@@ -128,7 +136,7 @@ class DedicatedConnection:
                     if not row or not row[0]:
                         return None
                     cur = await conn.execute(query, params)
-                    return await cur.fetchall() if cur.description else []
+                    return await cur.fetchall() if has_rows(cur) else []
             except psycopg.Error as err:
                 if conn.broken or isinstance(err, psycopg.OperationalError):
                     await self.close()

@@ -132,13 +132,17 @@ class EnqueueOptions:
         return ids
 
 
+# Options are immutable, so calls without any share one: a bulk enqueue works out its defaults once.
+NO_OPTIONS = EnqueueOptions()
+
+
 @dataclass(frozen=True)
 class Call:
     """One job's arguments and options: ``task.call(x, y=1)``. For ``enqueue_many``, chains, groups and batches."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    options: EnqueueOptions = field(default_factory=EnqueueOptions)
+    options: EnqueueOptions = field(default_factory=lambda: NO_OPTIONS)
     task: Task[Any, Any] | None = None
 
     def then(self, *calls: Call) -> Any:
@@ -146,6 +150,35 @@ class Call:
         from pgqueue.workflow import Chain
 
         return Chain([self, *calls])
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The parameters of a plain signature (no positional-only, no ``*args`` or ``**kwargs``), to check a call
+    against it quickly. Anything it does not accept is left to ``Signature.bind`` for the decision and the
+    message."""
+
+    names: tuple[str, ...]
+    required: frozenset[str]
+    keyword_only: frozenset[str]
+
+    @classmethod
+    def of(cls, signature: inspect.Signature) -> _Shape | None:
+        params = list(signature.parameters.values())
+        if any(p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+            return None
+        return cls(tuple(p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD),
+                   frozenset(p.name for p in params if p.default is p.empty),
+                   frozenset(p.name for p in params if p.kind == p.KEYWORD_ONLY))
+
+    def accepts(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+        if len(args) > len(self.names):
+            return False
+        positional = self.names[:len(args)]
+        for key in kwargs:
+            if key in positional or (key not in self.names and key not in self.keyword_only):
+                return False
+        return all(name in kwargs or name in positional for name in self.required)
 
 
 def _takes_context(fn: Callable[..., Any]) -> bool:
@@ -193,21 +226,27 @@ class Task(Generic[P, R]):
             signature = signature.replace(parameters=params)
         self.signature = signature
         self._own_option_names = OPTION_NAMES & set(signature.parameters)
+        self._option_names = OPTION_NAMES - self._own_option_names  # keywords that are options, not arguments
+        self._shape = _Shape.of(signature)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
 
     def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Raise ValidationError unless the handler could be called with these arguments."""
+        if self._shape is not None and self._shape.accepts(args, kwargs):
+            return  # the common case, without Signature.bind (a bulk enqueue checks every item)
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as err:
             raise ValidationError(f"bad arguments for task {self.name}: {err}") from err
 
     def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], EnqueueOptions, Any]:
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES - self._own_option_names}
+        if not kwargs:
+            return kwargs, NO_OPTIONS, None
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in self._option_names}
         conn = options.pop("conn", None)
-        return kwargs, EnqueueOptions(**options), conn
+        return kwargs, EnqueueOptions(**options) if options else NO_OPTIONS, conn
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Enqueue one job; returns it (queued, or scheduled if delayed).
@@ -257,9 +296,9 @@ class Task(Generic[P, R]):
                 raise ValidationError(f"a call of task {item.task.name} passed to {self.name}.enqueue_many")
             return item
         if isinstance(item, Mapping):
-            return Call((), dict(item))
+            return Call((), dict(item), NO_OPTIONS)
         if isinstance(item, Sequence) and not isinstance(item, str | bytes):
-            return Call(tuple(item), {})
+            return Call(tuple(item), {}, NO_OPTIONS)
         raise ValidationError(f"enqueue_many items must be task.call(...), a mapping or a sequence, "
                               f"got {type(item).__name__}")
 

@@ -5,7 +5,9 @@ pool; ``concurrency`` bounds both together. Connections, each with one job so no
 
 - claim: the producer's ``FOR UPDATE SKIP LOCKED`` claims, never more jobs than free slots;
 - complete: the completer's batched acknowledgements and failure records;
-- heartbeat: lease renewal and the worker's row, so heartbeats go out whatever else is busy;
+- lease renewal: a synchronous connection on a thread of its own (``pgqueue.heartbeat``), so leases are renewed
+  even while CPU-bound handler threads hold the GIL or the loop is busy;
+- heartbeat: the worker's row (registration, counters, requests from the web API) and handing jobs back;
 - maintenance: promotion of due jobs, the lease reaper, pruning;
 - listen: LISTEN for enqueues (see ``notifier``);
 - handlers: a pool opened on first use, for transactional handlers and idempotent blocks (``pgqueue.once``);
@@ -19,6 +21,8 @@ timeout) and leave. A second signal skips the wait.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import os
 import socket
@@ -32,6 +36,7 @@ from pgqueue.completer import Completer
 from pgqueue.connection import DedicatedConnection, connect
 from pgqueue.errors import DatabaseUnavailable, PgQueueError, ValidationError
 from pgqueue.executor import ClaimedJob, Execution, Outcome, context_for, execute
+from pgqueue.heartbeat import Beat, LeaseRenewer
 from pgqueue.job import check_queue
 from pgqueue.maintenance import Maintenance, MaintenanceConfig
 from pgqueue.migrate import check_current
@@ -57,7 +62,12 @@ class WorkerConfig:
 
     ``lease``: how long a claimed job is ours without a heartbeat; ``heartbeat``: how often leases are renewed
     (default lease/3); ``poll_interval``: the safety poll when no notification comes; ``reap_interval``: how
-    often expired leases are looked for (default: the heartbeat).
+    often expired leases are looked for (default: the heartbeat); ``claim_batch``: the most jobs one claim
+    takes (default: half of concurrency + prefetch, at most 100, so the next claim is under way while a batch
+    runs);
+    ``prefetch``: jobs claimed beyond the free slots and held, leased, until a slot frees (0: none). A handler
+    that returns starts the next job at once instead of after a claim's round trip, which pays for short jobs
+    and fast I/O; held jobs wait for this worker even when another is idle, so keep it at 0 for long jobs.
     """
 
     queues: list[str] | None = None
@@ -68,7 +78,8 @@ class WorkerConfig:
     drain_timeout: float = 30.0
     promote_interval: float = 1.0
     reap_interval: float | None = None
-    claim_batch: int = 100
+    claim_batch: int | None = None
+    prefetch: int = 0
     relay: bool | RelayConfig = False  # also run the outbox relay (one delivers at a time, whoever runs them)
 
     def __post_init__(self) -> None:
@@ -90,6 +101,16 @@ class WorkerConfig:
             raise ValidationError(f"drain_timeout must not be negative, got {self.drain_timeout}")
         if self.reap_interval is None:
             self.reap_interval = self.heartbeat
+        if self.prefetch < 0:
+            raise ValidationError(f"prefetch must not be negative, got {self.prefetch}")
+        if self.claim_batch is not None and self.claim_batch < 1:
+            raise ValidationError(f"claim_batch must be at least 1, got {self.claim_batch}")
+
+    @property
+    def batch(self) -> int:
+        """Jobs per claim. Half the slots (and of the prefetch): when one half's handlers return, the other
+        half's claim is already back, so the worker never waits on the database with every slot empty."""
+        return self.claim_batch or max(1, min(100, (self.concurrency + self.prefetch) // 2))
 
 
 class _HandlerThreads(ThreadPoolExecutor):
@@ -127,6 +148,7 @@ class _Running:
     released: bool = False  # shutdown handed it back
     cancel_requested: bool = False
     progress_sent: tuple[float, str | None] | None = None
+    holds_slot: bool = False  # its handler (or a timed-out handler's thread) runs; False while prefetched
 
     def started(self, handler: asyncio.Future[Any]) -> None:
         self.handler = handler
@@ -151,7 +173,11 @@ class Worker:
         self.config = config or WorkerConfig()
         self.id = uuid.uuid4()
         self.stats = WorkerStats()
+        # Every job we hold a lease on, until its outcome is written. ``_busy`` counts those whose handler
+        # still runs: a slot is free as soon as a handler returns, while its acknowledgement is batched.
         self._running: dict[int, _Running] = {}
+        self._busy = 0
+        self._prefetched: collections.deque[_Running] = collections.deque()  # claimed, waiting for a slot
         self._more = True
         self._controlled: list[str] = []  # controlled queues (limits, fairness) this worker serves
         self._controlled_read_at = -1e9
@@ -280,13 +306,17 @@ class Worker:
         delay = 0.05
         while not self._stopping.is_set():
             self._wake.clear()
-            free = cfg.concurrency - len(self._running)
-            if free > 0 and self._more:
-                asked = min(free, cfg.claim_batch)
+            free = cfg.concurrency - self._busy - len(self._prefetched)  # slots no job is meant for yet
+            room = free + cfg.prefetch
+            if len(self._running) - self._busy - len(self._prefetched) >= cfg.concurrency:
+                room = 0  # as many outcomes wait to be written as there are slots: let the completer catch up
+            if room > 0 and self._more:
+                asked = min(room, cfg.batch)
                 try:
                     jobs = await self._claim(asked)
-                    if len(jobs) < asked:
-                        jobs += await self._claim_controlled(asked - len(jobs))
+                    if len(jobs) < asked and free > len(jobs):
+                        # Never prefetched: a held job would count against its queue's limits while it waits.
+                        jobs += await self._claim_controlled(min(asked, free) - len(jobs))
                     delay = 0.05
                 except PgQueueError as err:
                     log.warning("claim failed, retrying in %.2fs: %s", delay, err)
@@ -294,9 +324,9 @@ class Worker:
                     delay = min(delay * 2, 5.0)
                     continue
                 for job in jobs:
-                    self._start(job)
+                    self._admit(job)
                 self._more = len(jobs) == asked
-                if self._more and len(self._running) < cfg.concurrency:
+                if self._more and self._busy + len(self._prefetched) < cfg.concurrency + cfg.prefetch:
                     continue
             if self._settle:
                 # Under contention an enqueue may leave its wake-up to another's notification, which can arrive
@@ -346,16 +376,42 @@ class Worker:
 
     # -- running ---------------------------------------------------------------------------------------------
 
-    def _start(self, job: ClaimedJob) -> None:
+    def _admit(self, job: ClaimedJob) -> None:
+        """A claimed job: start it if a slot is free, else hold it until one is (prefetch)."""
         record = _Running(job)
+        self._running[job.id] = record
+        if self._busy < self.config.concurrency and not self._prefetched:
+            self._start(record)
+        else:
+            self._prefetched.append(record)
+
+    def _start(self, record: _Running) -> None:
+        job = record.job
+        if record.cancel_requested:
+            # Cancelled while it waited for a slot: record that without running it (and without a slot).
+            record.acking = True
+            outcome = Outcome("cancelled")
+            self._completer.submit(job, outcome, functools.partial(self._recorded, record, outcome))
+            return
+        record.holds_slot = True
+        self._busy += 1
         task = self.app.tasks.get(job.task)
         if task is not None and task.takes_context:
             record.ctx = context_for(self.app, job, self.id)
-        self._running[job.id] = record
         record.task = asyncio.create_task(self._run_job(record), name=f"pgqueue-job-{job.id}")
+
+    def _start_prefetched(self) -> None:
+        while self._prefetched and self._busy < self.config.concurrency and not self._stopping.is_set():
+            record = self._prefetched.popleft()
+            if record.lost:
+                self._running.pop(record.job.id, None)  # its lease ran out while it waited: not ours to run
+                continue
+            self._start(record)
 
     async def _run_job(self, record: _Running) -> None:
         job = record.job
+        overrun: asyncio.Future[Any] | None = None
+        handed_over = False  # the completer has its outcome and will call _recorded
         try:
             try:
                 execution = await execute(self.app, job, self.id, self._threads, ctx=record.ctx,
@@ -365,67 +421,114 @@ class Worker:
                 if not record.cancel_requested or record.lost or record.released:
                     raise
                 execution = Execution(Outcome("cancelled"))
+            overrun = execution.overrun
+            if overrun is None:
+                self._free_slot(record)
+            else:
+                # The thread of a timed-out sync handler still runs: its slot stays taken until it returns.
+                overrun.add_done_callback(lambda _: self._free_slot(record))
             if record.lost or record.released:
                 return  # the database has already moved on; what we would write would be fenced off anyway
             outcome = execution.outcome
             if execution.recorded is not None:
-                accepted = execution.recorded  # a transactional handler committed (or not) with its outcome
-            else:
-                if record.cancel_requested and outcome.state != "cancelled":
-                    outcome = Outcome("cancelled", result=outcome.result)
-                record.acking = True
-                accepted = await self._completer.submit(job, outcome)
-            if not accepted:
-                self.stats.fenced += 1
-                log.warning("job %s attempt %s: outcome refused, the job was taken over (lease lost)",
-                            job.id, job.attempt)
-            elif outcome.state in ("succeeded", "cancelled"):
-                self.stats.done += 1
-            else:
-                self.stats.failed += 1
-                self.stats.dead += outcome.state == "dead"
-                log.info("job %s (%s) attempt %d/%d failed: %s: %s -> %s", job.id, job.task, job.attempt,
-                         job.max_attempts, outcome.error_type, outcome.message,
-                         f"retry in {outcome.delay:.2f}s" if outcome.state == "retry" else "dead")
-            if execution.overrun is not None:
-                # The thread of a timed-out sync handler still runs: keep its slot until it returns.
-                await asyncio.wait({execution.overrun})
+                # A transactional handler committed (or not) with its outcome.
+                self._recorded(record, outcome, execution.recorded)
+                return
+            if record.cancel_requested and outcome.state != "cancelled":
+                outcome = Outcome("cancelled", result=outcome.result)
+            record.acking = True
+            # No await: the job keeps its lease (and its place in _running) until the batch with it is written.
+            self._completer.submit(job, outcome, functools.partial(self._recorded, record, outcome))
+            handed_over = True
         except asyncio.CancelledError:
             pass
         except Exception:  # a bug of ours; the job stays leased and the reaper hands it on
             log.exception("internal error while running job %s", job.id)
         finally:
-            self._running.pop(job.id, None)
-            if self._more or self._stopping.is_set():
+            if not handed_over:
+                self._forget(record, free_slot=overrun is None)
+
+    def _recorded(self, record: _Running, outcome: Outcome, accepted: bool) -> None:
+        """The database has answered for this attempt's outcome (the completer calls this, once)."""
+        job = record.job
+        if not accepted:
+            self.stats.fenced += 1
+            log.warning("job %s attempt %s: outcome refused, the job was taken over (lease lost)",
+                        job.id, job.attempt)
+        elif outcome.state in ("succeeded", "cancelled"):
+            self.stats.done += 1
+        else:
+            self.stats.failed += 1
+            self.stats.dead += outcome.state == "dead"
+            log.info("job %s (%s) attempt %d/%d failed: %s: %s -> %s", job.id, job.task, job.attempt,
+                     job.max_attempts, outcome.error_type, outcome.message,
+                     f"retry in {outcome.delay:.2f}s" if outcome.state == "retry" else "dead")
+        self._forget(record, free_slot=False)
+
+    def _forget(self, record: _Running, free_slot: bool) -> None:
+        """The attempt is over for this worker: stop renewing its lease."""
+        self._running.pop(record.job.id, None)
+        if free_slot:
+            self._free_slot(record)
+        if self._more or self._stopping.is_set():
+            self._wake.set()
+        self._slot_free.set()
+
+    def _free_slot(self, record: _Running) -> None:
+        """The handler has returned: its slot may take another job (its outcome may still be on its way)."""
+        if record.holds_slot:
+            record.holds_slot = False
+            self._busy -= 1
+            self._start_prefetched()
+            if self._more:
                 self._wake.set()
-            self._slot_free.set()
 
     # -- heartbeat -------------------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        """Renew leases every heartbeat; in between, flush reported progress at most every half second."""
+        """Renew leases from a thread of their own (see ``heartbeat``); act on each renewal here, on the loop."""
         cfg = self.config
         assert cfg.heartbeat is not None
         loop = asyncio.get_running_loop()
-        next_beat = loop.time() + cfg.heartbeat
-        while True:
-            await asyncio.sleep(max(0.0, min(PROGRESS_FLUSH, next_beat - loop.time())))
-            if loop.time() >= next_beat:
-                next_beat = loop.time() + cfg.heartbeat
-                await self._heartbeat()
-            elif any(r.ctx is not None and r.ctx._progress != r.progress_sent for r in self._running.values()):
+        beats: asyncio.Queue[Beat] = asyncio.Queue()
+        renewer = LeaseRenewer(self.app.dsn, cfg.heartbeat, stall_limit=max(3 * cfg.lease, 5.0),
+                               progress_every=PROGRESS_FLUSH, params=self._heartbeat_params,
+                               progress=self._progress_update,
+                               on_beat=lambda beat: loop.call_soon_threadsafe(beats.put_nowait, beat))
+        renewer.start()
+        try:
+            while True:
+                renewer.alive()
                 try:
-                    await self._heartbeat_conn.fetch(q("job_progress_update"),
-                                                     {"worker_id": self.id, **self._progress_params()})
-                except PgQueueError as err:
-                    log.warning("progress update failed: %s", err)
+                    beat = await asyncio.wait_for(beats.get(), timeout=PROGRESS_FLUSH)
+                except asyncio.TimeoutError:
+                    continue
+                await self._heartbeat(beat)
+        finally:
+            # Stopped before the worker deregisters: a renewal after that would register it again.
+            await asyncio.to_thread(renewer.stop)
 
-    def _progress_params(self) -> dict[str, list[Any]]:
+    def _heartbeat_params(self) -> tuple[dict[str, Any], set[int]]:
+        """The renewal's parameters, and the jobs whose renewal to check. Runs on the renewer's thread: it only
+        reads, and copies ``_running`` in one C call (a Python-level loop over it could see it change)."""
+        running = list(self._running.items())
+        params = {"worker_id": self.id, "ids": [job_id for job_id, _ in running], "lease": self.config.lease,
+                  "jobs_done": self.stats.done, "jobs_failed": self.stats.failed,
+                  "state": "draining" if self._stopping.is_set() else "running", **self._progress_params(running)}
+        return params, {job_id for job_id, r in running if not r.acking}
+
+    def _progress_update(self) -> dict[str, Any] | None:
+        """Progress changed since it was last sent, or None (on the renewer's thread)."""
+        changed = self._progress_params(list(self._running.items()))
+        return {"worker_id": self.id, **changed} if changed["progress_ids"] else None
+
+    @staticmethod
+    def _progress_params(running: list[tuple[int, _Running]]) -> dict[str, list[Any]]:
         """Progress changed since it was last sent (and mark it sent)."""
         ids: list[int] = []
         values: list[float] = []
         messages: list[str | None] = []
-        for job_id, record in self._running.items():
+        for job_id, record in running:
             current = record.ctx._progress if record.ctx is not None else None
             if current is not None and current != record.progress_sent:
                 ids.append(job_id)
@@ -434,24 +537,13 @@ class Worker:
                 record.progress_sent = current
         return {"progress_ids": ids, "progress": values, "progress_messages": messages}
 
-    async def _heartbeat(self) -> None:
-        before = {job_id for job_id, r in self._running.items() if not r.acking}
-        params = {"worker_id": self.id, "ids": list(self._running), "lease": self.config.lease,
-                  "jobs_done": self.stats.done,
-                  "jobs_failed": self.stats.failed,
-                  "state": "draining" if self._stopping.is_set() else "running", **self._progress_params()}
-        try:
-            rows = await self._heartbeat_conn.fetch(q("job_heartbeat"), params)
-        except PgQueueError as err:
-            log.warning("heartbeat failed: %s", err)
-            return
-        renewed, registered, cancel_requested = set(rows[0][0]), rows[0][1], rows[0][2]
-        for job_id in cancel_requested:
+    async def _heartbeat(self, beat: Beat) -> None:
+        for job_id in beat.cancel_requested:
             self._request_cancel(job_id)  # the notification may have been missed (listener reconnecting)
-        if not registered:
+        if not beat.registered:
             await self._register()  # forgotten as stale (a long pause, a partition): say we are back
         await self._sync()
-        for job_id in before - renewed:
+        for job_id in beat.sent - beat.renewed:
             record = self._running.get(job_id)
             if record is None or record.acking or record.lost:
                 continue
@@ -487,6 +579,13 @@ class Worker:
 
     async def _drain(self) -> None:
         """Wait for running jobs up to the drain timeout (or a second signal), then hand back the rest."""
+        held = list(self._prefetched)  # claimed but never started: back to the queue at once
+        self._prefetched.clear()
+        for record in held:
+            record.released = True
+            self._running.pop(record.job.id, None)
+        if held:
+            await self._hand_back([r.job.id for r in held])
         if self._running and not self._forced.is_set():
             log.info("draining: waiting up to %ss for %d running jobs", self.config.drain_timeout,
                      len(self._running))
@@ -512,13 +611,15 @@ class Worker:
         except asyncio.TimeoutError:
             log.error("could not record every outcome before leaving; those jobs return after their lease")
         if unfinished:
-            ids = [r.job.id for r in unfinished]
-            try:
-                rows = await self._heartbeat_conn.fetch(q("job_release"), {"worker_id": self.id, "ids": ids})
-                handed_back = sum(int(r[1]) for r in rows)
-                log.info("handed %d unfinished jobs back to the queue", handed_back)
-            except PgQueueError as err:
-                log.error("could not hand back jobs %s (%s); they return when their lease expires", ids, err)
+            await self._hand_back([r.job.id for r in unfinished])
+
+    async def _hand_back(self, ids: list[int]) -> None:
+        try:
+            rows = await self._heartbeat_conn.fetch(q("job_release"), {"worker_id": self.id, "ids": ids})
+            handed_back = sum(int(r[1]) for r in rows)
+            log.info("handed %d unfinished jobs back to the queue", handed_back)
+        except PgQueueError as err:
+            log.error("could not hand back jobs %s (%s); they return when their lease expires", ids, err)
 
     async def _leave(self, background: list[asyncio.Task[Any]], conns: list[DedicatedConnection]) -> None:
         for task in background:

@@ -138,16 +138,19 @@ def create_batch(app: App, name: str, calls: Sequence[Call], *, on_complete: Cal
     _app_of(list(calls) + ([on_complete] if on_complete else []))
     with _transaction(app, conn) as tx:
         batch_id = int(app._fetch("batch_create", {"name": name, "total": len(calls)}, tx)[0][0])
-        jobs: list[Job] = []
-        by_task: dict[int, list[Call]] = {}
-        for call in calls:
-            by_task.setdefault(id(call.task), []).append(call)
-        for same_task in by_task.values():
-            task = same_task[0].task
+        # One enqueue_many per task; the jobs come back in the order of ``calls`` whatever the grouping.
+        placed: list[Job | None] = [None] * len(calls)
+        by_task: dict[int, list[int]] = {}
+        for i, call in enumerate(calls):
+            by_task.setdefault(id(call.task), []).append(i)
+        for positions in by_task.values():
+            task = calls[positions[0]].task
             assert task is not None
-            tagged = [dataclasses.replace(c, options=dataclasses.replace(c.options, batch_id=batch_id))
-                      for c in same_task]
-            jobs.extend(task.enqueue_many(tagged, conn=tx))
+            tagged = [dataclasses.replace(calls[i], options=dataclasses.replace(calls[i].options, batch_id=batch_id))
+                      for i in positions]
+            for i, job in zip(positions, task.enqueue_many(tagged, conn=tx), strict=True):
+                placed[i] = job
+        jobs = [job for job in placed if job is not None]
         callback = None
         if on_complete is not None:
             with_id = dataclasses.replace(on_complete, kwargs={**on_complete.kwargs, "batch_id": batch_id})

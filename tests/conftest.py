@@ -100,6 +100,20 @@ def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+def connect_when_free(dsn: str, autocommit: bool, timeout: float = 60) -> psycopg.Connection[Any]:
+    """A connection, waiting for a free slot: the server may be shared, and tests that open 64 connections
+    take most of its default 100."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return psycopg.connect(dsn, autocommit=autocommit)
+        except psycopg.OperationalError as err:
+            # A refused connection carries no SQLSTATE in psycopg, only libpq's text.
+            if "too many clients" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02,
               message: str = "condition") -> Any:
     """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""

@@ -33,5 +33,4 @@ SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = 
     lease_expires_at = now() + make_interval(secs => %(lease)s)
 FROM picked
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts,
-          j.scheduled_for, j.created_at, j.started_at
+RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts

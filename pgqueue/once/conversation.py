@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from pgqueue.connection import has_rows
 from pgqueue.errors import PgQueueError, from_psycopg
 from pgqueue.queries import q
 
@@ -49,7 +50,7 @@ def run(conn: psycopg.Connection[Any], conversation: Conversation[T], steps: Syn
                     rows: Rows = steps[step[0]](conn, step[1])
                 else:
                     cur = conn.execute(q(step[0]), step[1])
-                    rows = cur.fetchall() if cur.description else []
+                    rows = cur.fetchall() if has_rows(cur) else []
             except psycopg.Error as err:
                 step = conversation.throw(err)
             else:
@@ -74,7 +75,7 @@ async def run_async(conn: psycopg.AsyncConnection[Any], conversation: Conversati
                     rows: Rows = await steps[step[0]](conn, step[1])
                 else:
                     cur = await conn.execute(q(step[0]), step[1])
-                    rows = await cur.fetchall() if cur.description else []
+                    rows = await cur.fetchall() if has_rows(cur) else []
             except psycopg.Error as err:
                 step = conversation.throw(err)
             else:

@@ -8,10 +8,10 @@
 
 Everything is read from PostgreSQL; live updates come from LISTEN/NOTIFY. Modules, one per concept:
 ``server`` (the ASGI app and its lifespan), ``database`` (async pool and named queries), ``auth`` (tokens and
-scopes), ``problems`` (JSON errors), ``models`` (request and response shapes), ``jobs``, ``queues``,
-``workers``, ``charts`` (JSON metrics for charts), ``alerts``, ``pending`` (features not built yet: 501),
-``events`` (LISTEN and server-sent events), ``leader`` (duties one serve process does at a time),
-``metrics`` (Prometheus), ``dashboard`` (the static pages), ``cli``.
+scopes), ``problems`` (JSON errors), ``models`` (request and response shapes), ``jobs``, ``batches``,
+``schedules``, ``queues``, ``workers``, ``charts`` (JSON metrics for charts), ``alerts``, ``events`` (LISTEN and
+server-sent events), ``leader`` (duties one serve process does at a time), ``metrics`` (Prometheus),
+``dashboard`` (the static pages), ``cli``.
 
 Nothing here is imported by ``import pgqueue``: the core has no web dependencies.
 """

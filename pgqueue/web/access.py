@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
+from pgqueue.once.relay import RelayConfig
 from pgqueue.web.auth import Principal, Scope, authenticate, hash_token
 from pgqueue.web.database import Database
 from pgqueue.web.problems import ApiError
@@ -35,7 +36,9 @@ class Settings:
 
     ``local_read``: requests from the loopback address need no token to read. ``app``: the App whose tasks the
     API checks enqueues against (None: any valid task name). ``push_interval``: the least time between two
-    pushes to browsers; ``tick``: how often aggregates are re-read when no notification comes.
+    pushes to browsers; ``tick``: how often aggregates are re-read when no notification comes. ``relay``: also
+    deliver the outbox from this process (alert webhooks among it), as ``pgqueue relay`` does; None: leave it to
+    the relays of workers.
     """
 
     dsn: str
@@ -49,8 +52,7 @@ class Settings:
     sample_interval: float = 5.0
     alert_interval: float = 5.0
     sample_retention: float = 7 * 86400.0
-    webhook_timeout: float = 5.0
-    webhook_attempts: int = 8
+    relay: RelayConfig | None = None
 
 
 @dataclass

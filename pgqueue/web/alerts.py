@@ -1,14 +1,17 @@
-"""Alerts: rules kept in the database, evaluated by the serve leader, fired to a webhook, with a history.
+"""Alerts: rules kept in the database, evaluated by the serve leader, delivered to a webhook through the
+transactional outbox, with a history.
 
 Kinds (``threshold`` in brackets): ``dead_letters_above`` (a count), ``failure_rate_above`` (a percentage of
 failed attempts over ``window_seconds``, 300 by default), ``oldest_queued_above`` (seconds),
 ``no_live_worker`` (heartbeat age in seconds past which a worker is not live; fires when none serves the queue).
 A rule without a queue watches every queue together.
 
-Each change of a rule (firing, resolved) is one row of ``pgqueue.alert_events``, written in the same statement
-as the rule's new state. That row is also the delivery: ``deliver_due`` posts it as JSON to the rule's webhook,
-retries with exponential backoff (1 s, 2 s, 4 s ... at most 10 min) and marks it failed after
-``webhook_attempts`` tries. When the transactional outbox (issue 4) lands, firing should enqueue into it instead.
+Each change of a rule (firing, resolved) is one row of ``pgqueue.alert_events``, written with the rule's new
+state, and one outbox message (``app.publish_async``) in the same transaction: topic
+``pgqueue.alert.firing`` or ``pgqueue.alert.resolved``, key ``pgqueue.alert:<rule id>`` (so a rule's changes
+arrive in order), the rule's webhook as its URL. The relay (``pgqueue relay``, ``pgqueue work --relay`` or
+``pgqueue serve --relay``) posts it through ``app.webhooks`` (signed when a secret is set), retries with backoff
+and marks it dead after its attempts; the history reads the delivery state from the message.
 
 ::
 
@@ -18,21 +21,21 @@ retries with exponential backoff (1 s, 2 s, 4 s ... at most 10 min) and marks it
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import psycopg
 from fastapi import APIRouter, Depends, Path, Query
 
+from pgqueue.errors import ValidationError
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
 from pgqueue.web.database import Database
 from pgqueue.web.models import MAX_ID, AlertEvent, AlertRule, AlertRuleCreate, AlertRulePatch
 from pgqueue.web.problems import conflict, invalid, not_found, responses
+
+if TYPE_CHECKING:
+    from pgqueue.app import App
 
 log = logging.getLogger("pgqueue.web.alerts")
 
@@ -62,61 +65,38 @@ def describe(name: str, kind: str, queue: str | None, value: float, threshold: f
     return f"[{status}] {name}: {what} on {where}: {figures.format(value=value, threshold=threshold)}"
 
 
-async def evaluate(db: Database) -> int:
-    """Measure every enabled rule and record it; returns how many rules changed state (fired or resolved)."""
+async def evaluate(db: Database, app: App) -> int:
+    """Measure every enabled rule and record it; returns how many rules changed state (fired or resolved).
+    Each change is published to the outbox in the transaction that records it: delivered iff recorded."""
     changed = 0
     for rule_id, name, kind, queue, threshold, _url, _was, value in await db.fetch("alert_rule_measure"):
         measured = float(value or 0.0)
         firing = is_firing(kind, measured, threshold)
         message = describe(name, kind, queue, measured, threshold, firing)
-        rows = await db.fetch("alert_rule_record", {"id": rule_id, "value": measured, "firing": firing,
-                                                    "message": message})
-        if rows and rows[0][0]:
+        async with db.transaction() as conn:
+            rows = await db.fetch("alert_rule_record", {"id": rule_id, "value": measured, "firing": firing,
+                                                        "message": message}, conn)
+            if rows:
+                try:
+                    await publish(db, app, conn, rows[0])
+                except ValidationError as err:  # a webhook URL the outbox refuses, in a rule written with SQL
+                    log.error("alert %s cannot be delivered: %s", name, err)
+                    await db.fetch("alert_event_undeliverable", {"id": rows[0][0], "error": str(err)[:2000]}, conn)
+        if rows:
             changed += 1
             log.warning("%s", message)
     return changed
 
 
-# -- delivery -----------------------------------------------------------------------------------------------------
-
-Post = Callable[[str, bytes, float], None]
-
-
-def post_json(url: str, body: bytes, timeout: float) -> None:
-    """POST ``body`` (JSON) to ``url``; raises OSError (urllib's errors included) unless it answers 2xx."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "pgqueue-alerts"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        if not 200 <= response.status < 300:
-            raise OSError(f"webhook answered HTTP {response.status}")
-
-
-def backoff(attempt: int) -> float:
-    return float(min(600, 2 ** max(0, attempt - 1)))
-
-
-async def deliver_due(db: Database, *, timeout: float = 5.0, max_attempts: int = 8, post: Post = post_json,
-                      limit: int = 50) -> int:
-    """Post due alert events to their webhooks; returns how many were delivered."""
-    delivered = 0
-    lease = timeout * 2 + 5
-    for row in await db.fetch("alert_event_claim", {"limit": limit, "lease": lease}):
-        (event_id, rule_name, kind, queue, status, value, threshold, message, url, created_at, attempts) = row
-        body = json.dumps({"event_id": event_id, "alert": rule_name, "kind": kind, "queue": queue,
-                           "status": status, "value": value, "threshold": threshold, "message": message,
-                           "at": created_at.isoformat(), "attempt": attempts}).encode()
-        try:
-            await asyncio.to_thread(post, url, body, timeout)
-        except (OSError, ValueError) as err:
-            give_up = attempts >= max_attempts
-            log.warning("alert %s: webhook delivery %d failed (%s)%s", event_id, attempts, err,
-                        "; giving up" if give_up else "")
-            await db.fetch("alert_event_failed", {"id": event_id, "error": str(err)[:1000],
-                                                  "give_up": give_up, "delay": backoff(attempts)})
-            continue
-        await db.fetch("alert_event_delivered", {"id": event_id})
-        delivered += 1
-    return delivered
+async def publish(db: Database, app: App, conn: psycopg.AsyncConnection[Any], event: tuple[Any, ...]) -> None:
+    """Write the outbox message of alert ``event`` (a row of alert_rule_record) in ``conn``'s transaction."""
+    (event_id, rule_id, rule_name, kind, queue, status, value, threshold, message, url, created_at) = event
+    payload = {"event": f"alert.{status}", "event_id": event_id, "alert": rule_name, "kind": kind,
+               "queue": queue, "status": status, "value": value, "threshold": threshold, "message": message,
+               "at": created_at.isoformat()}
+    published = await app.publish_async(f"pgqueue.alert.{status}", payload, key=f"pgqueue.alert:{rule_id}",
+                                        url=url, conn=conn)
+    await db.fetch("alert_event_sent", {"id": event_id, "outbox_id": published.id}, conn)
 
 
 # -- API ----------------------------------------------------------------------------------------------------------
@@ -172,6 +152,6 @@ async def list_events(svc: Annotated[Services, Depends(require(Scope.READ))],
                                                           description="Only events older than this id.")] = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[AlertEvent]:
     keys = ("id", "rule_id", "rule_name", "kind", "queue", "status", "value", "threshold", "message",
-            "created_at", "delivery", "attempts", "delivered_at", "last_error")
+            "created_at", "delivery", "attempts", "delivered_at", "last_error", "outbox_id")
     rows = await svc.db.fetch("alert_event_list", {"before": before, "limit": limit})
     return [AlertEvent(**dict(zip(keys, row, strict=True))) for row in rows]

@@ -1,7 +1,7 @@
 """API tokens and scopes.
 
 A token is ``pgq_`` + 43 random URL-safe characters (256 bits). Only its SHA-256 is stored, with a clear
-prefix to tell tokens apart. Scopes: ``read`` (every GET), ``enqueue`` (POST /jobs), ``admin`` (everything,
+prefix to tell tokens apart. Scopes: ``read`` (every GET), ``enqueue`` (POST /jobs, /batches), ``admin`` (everything,
 including every change of state). Requests carry ``Authorization: Bearer <token>``.
 
 ::
@@ -23,7 +23,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from pgqueue.connection import connect
+from pgqueue.connection import connect, has_rows
 from pgqueue.errors import ValidationError, from_psycopg
 from pgqueue.queries import q
 
@@ -78,7 +78,7 @@ def _run(dsn: str, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     with connect(dsn) as conn:
         try:
             cur = conn.execute(q(name), params)
-            return cur.fetchall() if cur.description else []
+            return cur.fetchall() if has_rows(cur) else []
         except psycopg.Error as err:
             raise from_psycopg(err) from err
 

@@ -5,7 +5,7 @@
     pgqueue token create --scope admin --name ops     # the token alone on the last line of stdout
     pgqueue token list
     pgqueue token revoke 3
-    pgqueue serve --host 127.0.0.1 --port 8080 [--local-read] [--public-metrics] [--app myproj.tasks:app]
+    pgqueue serve --host 127.0.0.1 --port 8080 [--local-read] [--public-metrics] [--app myproj.tasks:app] [--relay]
 """
 
 from __future__ import annotations
@@ -71,12 +71,16 @@ def serve(
     app_path: Annotated[str | None, typer.Option("--app", metavar="MODULE:APP",
                                                  help="Check enqueued tasks and arguments against this app.")
                         ] = None,
+    relay: Annotated[bool, typer.Option("--relay", help="Also deliver the outbox (alert webhooks among it), as "
+                                                        "`pgqueue relay` does; give --app if it routes topics "
+                                                        "to sinks.")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the REST API (/api/v1, /docs), the live dashboard (/) and Prometheus /metrics."""
     try:
         import uvicorn
 
+        from pgqueue.once.relay import RelayConfig
         from pgqueue.web.access import Settings
         from pgqueue.web.server import create_app, shutting_down
     except ImportError as err:
@@ -95,7 +99,8 @@ def serve(
     with connect(dsn) as conn:
         check_current(conn)
     settings = Settings(dsn=dsn, local_read=local_read, public_metrics=public_metrics, app=app,
-                        max_payload_bytes=app.max_payload_bytes if app else 1024 * 1024)
+                        max_payload_bytes=app.max_payload_bytes if app else 1024 * 1024,
+                        relay=RelayConfig() if relay else None)
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

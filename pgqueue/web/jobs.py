@@ -12,13 +12,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from pgqueue.app import _insert_one_async as insert_one
 from pgqueue.errors import PayloadTooLarge, ValidationError
 from pgqueue.job import Job
-from pgqueue.task import EnqueueOptions
 from pgqueue.web import cursors
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
@@ -37,7 +35,7 @@ from pgqueue.web.models import (
     JobState,
     JobSummary,
 )
-from pgqueue.web.problems import ApiError, FieldProblem, conflict, invalid, not_found, pending_feature, responses
+from pgqueue.web.problems import ApiError, FieldProblem, conflict, invalid, not_found, responses
 
 router = APIRouter(tags=["jobs"])
 dead_router = APIRouter(tags=["dead letters"])
@@ -65,56 +63,78 @@ def _summary(job: Job) -> JobSummary:
 
 # -- enqueue ------------------------------------------------------------------------------------------------------
 
-def _insert_params(svc: Services, body: JobCreate) -> dict[str, Any]:
-    """The parameters of the core's insert, through the App's own checks (task, arguments, options, size)."""
-    if body.idempotency_key is not None:
-        raise pending_feature("idempotency_key", "issue 4, idempotent enqueue")
+def check_task(svc: Services, name: str, args: list[Any], kwargs: dict[str, Any], field: str = "task",
+               args_field: str = "args") -> None:
+    """With ``--app``, the task must be one of the served app's and the arguments must fit its handler."""
     app = svc.app
-    task = app.tasks.get(body.task)
-    if app.tasks and task is None:
-        raise invalid("task", f"no task {body.task!r} is registered in the served app")
-    if task is not None:
-        try:
-            task.check_arguments(body.args, body.kwargs)
-        except ValidationError as err:
-            raise invalid("args", str(err)) from None
-    options = EnqueueOptions(queue=body.queue, priority=body.priority, run_at=body.run_at, delay=body.delay,
-                             max_attempts=body.max_attempts, group=body.group, unique_key=body.unique_key,
-                             depends_on=body.depends_on, on_parent_failure=body.on_parent_failure)
+    if not app.tasks:
+        return
+    task = app.tasks.get(name)
+    if task is None:
+        raise invalid(field, f"no task {name!r} is registered in the served app")
     try:
-        return app._insert_params(task, body.task, body.args, body.kwargs, options)
-    except PayloadTooLarge as err:
-        raise ApiError(413, "payload_too_large", str(err),
-                       [FieldProblem(field="args", location="body", message=str(err))]) from None
+        task.check_arguments(args, kwargs)
     except ValidationError as err:
-        raise invalid("args", str(err)) from None
+        raise invalid(args_field, str(err)) from None
+
+
+def too_large(err: PayloadTooLarge, field: str = "args") -> ApiError:
+    return ApiError(413, "payload_too_large", str(err), [FieldProblem(field=field, location="body", message=str(err))])
+
+
+async def _refused(svc: Services, body: JobCreate, err: ValidationError) -> ApiError:
+    """What a ValidationError of the core's enqueue means here: the idempotency key is another task's, or the
+    arguments cannot be stored (NaN, lone surrogates)."""
+    if body.idempotency_key is not None:
+        owner = await svc.db.fetch("web_enqueue_key_task", {"key": body.idempotency_key})
+        if owner and owner[0][0] is not None and owner[0][0] != body.task:
+            return ApiError(409, "conflict", str(err),
+                            [FieldProblem(field="idempotency_key", location="body", message=str(err))])
+    return invalid("args", str(err))
 
 
 @router.post("/jobs", status_code=201, response_model=JobCreated, summary="Enqueue a job",
-             responses=responses(401, 403, 404, 413, 422, 501))
-async def create_job(body: JobCreate, svc: Annotated[Services, Depends(require(Scope.ENQUEUE))]) -> JobCreated:
+             responses={200: {"model": JobCreated, "description": "An idempotency_key or unique_key handed back "
+                                                                   "an existing job (created: false)"},
+                        **responses(401, 403, 404, 409, 413, 422)})
+async def create_job(body: JobCreate, response: Response,
+                     svc: Annotated[Services, Depends(require(Scope.ENQUEUE))]) -> JobCreated:
     """Enqueue one job. Returns its id, state and, when queued, how many jobs of its queue run before it.
-    With a ``unique_key`` already held, the job holding it is returned (and nothing is enqueued)."""
-    params = _insert_params(svc, body)
+
+    With an ``idempotency_key``, the first request makes the job and every other one with that key (concurrent
+    or later, until the key expires) gets that same job back, whatever its state, with status 200 and
+    ``created: false``; the same key with another task is a 409. With a ``unique_key`` already held, the job
+    holding it comes back the same way and nothing is enqueued."""
+    check_task(svc, body.task, body.args, body.kwargs)
     if body.depends_on:
         missing = await svc.db.fetch("web_jobs_missing", {"ids": body.depends_on})
         if missing:
             message = f"depends_on names job {missing[0][0]}, which does not exist"
             raise ApiError(404, "not_found", message,
                            [FieldProblem(field="depends_on", location="body", message=message)])
-    async with svc.db.transaction() as conn:
-        job_id, state, scheduled_for, created_at = await insert_one(conn, params)
-        position = await svc.db.fetch("web_job_queue_position", {"id": job_id}, conn)
-        if params["unique_key"] is not None:  # the job may be the one that already held the key
-            held = await svc.db.fetch("job_get", {"id": job_id}, conn)
-            if held:
-                job = Job.from_row(held[0])
-                state, scheduled_for, created_at = job.state.value, job.scheduled_for, job.created_at
-                params = {**params, "queue": job.queue, "task": job.task}
-    svc.hub.poke()
-    return JobCreated(id=job_id, state=state, queue=params["queue"], task=params["task"],
-                      queue_position=position[0][0] if position else None, scheduled_for=scheduled_for,
-                      created_at=created_at)
+    try:
+        async with svc.db.transaction() as conn:
+            job = await svc.app.enqueue_async(
+                body.task, body.args, body.kwargs, queue=body.queue, priority=body.priority, run_at=body.run_at,
+                delay=body.delay, max_attempts=body.max_attempts, group=body.group, unique_key=body.unique_key,
+                depends_on=body.depends_on, on_parent_failure=body.on_parent_failure,
+                idempotency_key=body.idempotency_key, conn=conn)
+            created = True
+            if body.idempotency_key is not None or body.unique_key is not None:
+                # Ours is not committed yet, so only a job the key handed back is visible from outside.
+                created = not (await svc.db.fetch_outside("web_job_committed", {"id": job.id}))[0][0]
+            position = await svc.db.fetch("web_job_queue_position", {"id": job.id}, conn)
+    except PayloadTooLarge as err:
+        raise too_large(err) from None
+    except ValidationError as err:
+        raise await _refused(svc, body, err) from None
+    if created:
+        svc.hub.poke()
+    else:
+        response.status_code = 200
+    return JobCreated(id=job.id, state=JobState(job.state.value), queue=job.queue, task=job.task,
+                      queue_position=position[0][0] if position else None, scheduled_for=job.scheduled_for,
+                      created_at=job.created_at, created=created)
 
 
 # -- read ---------------------------------------------------------------------------------------------------------

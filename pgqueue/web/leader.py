@@ -1,9 +1,10 @@
-"""Duties one serve process does at a time: evaluate alert rules, deliver their webhooks, sample queue depth.
+"""Duties one serve process does at a time: evaluate alert rules (publishing their changes to the outbox, which
+the relay delivers), sample queue depth.
 
 Leadership is a session-level advisory lock held on a connection of its own. Whoever holds it leads; if that
 process dies or its connection drops, PostgreSQL releases the lock and another serve process takes it at its
 next try (within ``retry`` seconds). Every duty is also safe to run twice (the alert record is taken under a
-row lock, deliveries are claimed with SKIP LOCKED), so a leader that lost its lock without knowing yet does
+row lock and published with it), so a leader that lost its lock without knowing yet does
 no harm.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -24,6 +25,9 @@ from pgqueue.web import alerts
 from pgqueue.web.access import Settings
 from pgqueue.web.database import Database
 
+if TYPE_CHECKING:
+    from pgqueue.app import App
+
 log = logging.getLogger("pgqueue.web.leader")
 
 # 'pgqu' + 0x57 ('W'): the serve leader's advisory lock.
@@ -31,9 +35,11 @@ LOCK_SERVE_LEADER = 0x70677175_00000057
 
 
 class Leader:
-    def __init__(self, settings: Settings, db: Database, *, retry: float = 5.0, period: float = 1.0) -> None:
+    def __init__(self, settings: Settings, db: Database, app: App, *, retry: float = 5.0, period: float = 1.0
+                 ) -> None:
         self._settings = settings
         self._db = db
+        self._app = app
         self._retry = retry
         self._period = period
         self.leading = asyncio.Event()
@@ -53,7 +59,7 @@ class Leader:
                         row = await (await conn.execute(q("leader_try_lock"), {"key": LOCK_SERVE_LEADER})).fetchone()
                         if row and row[0]:
                             self.leading.set()
-                            log.info("this serve process leads: alerts, webhooks, depth samples")
+                            log.info("this serve process leads: alerts, depth samples")
                     else:
                         await conn.execute(q("web_now"))  # the lock lives as long as this connection: check it
                     if self.leading.is_set():
@@ -78,10 +84,9 @@ class Leader:
             self.samples += 1
             due["sample"] = now + settings.sample_interval
         if now >= due["alerts"]:
-            await alerts.evaluate(self._db)
+            await alerts.evaluate(self._db, self._app)
             self.evaluations += 1
             due["alerts"] = now + settings.alert_interval
-        await alerts.deliver_due(self._db, timeout=settings.webhook_timeout, max_attempts=settings.webhook_attempts)
         if now >= due["prune"]:
             await self._db.fetch("web_depth_prune", {"older_than": settings.sample_retention})
             due["prune"] = now + 3600

@@ -5,7 +5,7 @@ a bad field is refused with a 422 naming it (see ``problems``), and the OpenAPI 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal
 
@@ -76,10 +76,18 @@ def iso_8601(value: Any) -> Any:
     return value
 
 
+def in_utc(value: datetime) -> datetime:
+    """PostgreSQL takes offsets up to 15:59 only; ISO 8601 allows up to 23:59. The instant is what counts."""
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError as err:
+        raise ValueError("must be a time between the years 1 and 9999 in UTC") from err
+
+
 # Exact JSON types: no coercion of "3" to 3, of 0 to false, or of a number to a time. (Range constraints go
 # before the validator inside Annotated, or pydantic leaves them out of the JSON schema.)
 Bool = Annotated[bool, BeforeValidator(exact_bool)]
-Time = Annotated[AwareDatetime, BeforeValidator(iso_8601)]
+Time = Annotated[AwareDatetime, BeforeValidator(iso_8601), AfterValidator(in_utc)]
 Priority = Annotated[int, Field(ge=0, le=MAX_PRIORITY), BeforeValidator(exact_int)]
 Delay = Annotated[float, Field(ge=0, le=10 * 365 * 86400), BeforeValidator(exact_number)]
 Attempts = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(exact_int)]
@@ -110,6 +118,12 @@ class JobState(str, Enum):
 
 # -- jobs ---------------------------------------------------------------------------------------------------------
 
+def _one_start(data: Any) -> None:
+    """run_at and delay both say when a job starts: a request gives one of them at most."""
+    if isinstance(data, dict) and "run_at" in data and "delay" in data:
+        raise ValueError("give run_at or delay, not both")
+
+
 class JobCreate(Strict):
     """A job to enqueue. ``args`` are positional arguments, ``kwargs`` keyword arguments of the task.
     Options left out take the task's defaults when the server knows the task (``--app``), else the global ones.
@@ -135,15 +149,14 @@ class JobCreate(Strict):
         default=None, description="Jobs that must finish first; the job waits until they have.")
     on_parent_failure: Literal["cancel", "run"] = Field(
         default="cancel", description="When a parent ends dead or cancelled: cancel this job, or run it anyway.")
-    # Pending (issue 4): accepted so that a client using it gets a clear 501 rather than a silently ignored
-    # option; kept out of the OpenAPI document until it exists.
-    idempotency_key: SkipJsonSchema[str | None] = None
+    idempotency_key: Key | None = Field(
+        default=None, description="One job per key: the first request makes it, every later or concurrent one "
+        "with the same key gets it back (status 200, created false) until the key expires (a day by default).")
 
     @model_validator(mode="before")
     @classmethod
     def _exclusive(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "run_at" in data and "delay" in data:
-            raise ValueError("give run_at or delay, not both")
+        _one_start(data)
         if isinstance(data, dict) and "unique_key" in data and "depends_on" in data:
             # The core's dependent insert does not take the unique-key path: refused until it does.
             raise ValueError("unique_key and depends_on cannot be combined yet")
@@ -159,6 +172,8 @@ class JobCreated(BaseModel):
                                                    "null unless the job is queued.")
     scheduled_for: datetime
     created_at: datetime
+    created: bool = Field(default=True, description="False when an idempotency_key or unique_key handed back "
+                                                    "a job that existed already (the answer is then 200, not 201).")
 
 
 class JobSummary(BaseModel):
@@ -368,8 +383,50 @@ class ScheduleInfo(BaseModel):
     missed: str
     max_catchup: int
     paused: bool
-    source: str
-    last_tick_at: datetime | None
+    source: str = Field(description="Where it was declared: code (@app.periodic, synced by workers) or cli "
+                                    "(pgqueue cron add, or this API).")
+    last_tick_at: datetime | None = Field(description="Ticks after this time are due: the last tick enqueued "
+                                                      "(or skipped), at first the schedule's creation.")
+    next_tick_at: datetime | None = Field(description="When it next enqueues; null while paused.")
+
+
+class BatchJob(Strict):
+    """One job of a batch: a task and its arguments, with options as in POST /jobs."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["run_at", "delay"]}})
+
+    task: TaskName
+    args: list[Any] = Field(default_factory=list, max_length=10_000)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    queue: QueueName | None = None
+    priority: Priority | None = None
+    run_at: Time | None = Field(default=None, description="Run at this time (with a timezone). Not with delay.")
+    delay: Delay | None = Field(default=None, description="Run after this many seconds (database clock). "
+                                "Not with run_at.")
+    max_attempts: Attempts | None = None
+    group: Key | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exclusive(cls, data: Any) -> Any:
+        _one_start(data)
+        return data
+
+
+class BatchCreate(Strict):
+    """Jobs enqueued together, atomically, as one named batch. ``on_complete`` is enqueued with them and runs
+    once every job of the batch has finished (succeeded, dead or cancelled), with ``batch_id`` added to its
+    keyword arguments."""
+
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    jobs: Annotated[list[BatchJob], Field(min_length=1, max_length=10_000)]
+    on_complete: BatchJob | None = None
+
+
+class BatchCreated(BaseModel):
+    id: int
+    job_ids: list[int]
+    callback_job_id: int | None
 
 
 class BatchInfo(BaseModel):
@@ -441,6 +498,10 @@ class AlertKind(str, Enum):
     no_live_worker = "no_live_worker"
 
 
+# Control characters and every character str.isspace() accepts, as a regex character-class body.
+_NOT_IN_URL = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
 class AlertRuleCreate(Strict):
     """threshold: a count of dead jobs, a failure percentage, an age in seconds, or (no_live_worker) the
     heartbeat age in seconds past which a worker no longer counts as live."""
@@ -455,8 +516,9 @@ class AlertRuleCreate(Strict):
     queue: QueueName | None = None
     threshold: Threshold
     window_seconds: Window = 300
-    # No spaces or control characters, spelt out: "\s" means different things to different regex engines.
-    webhook_url: Annotated[str, Field(pattern=r"^https?://[^\x00-\x20\x7f-\x9f]+$", max_length=2000),
+    # A host, and no spaces or control characters, spelt out (the outbox's check_url refuses what Python calls
+    # whitespace): "\s" means different things to different regex engines.
+    webhook_url: Annotated[str, Field(pattern=rf"^https?://[^/{_NOT_IN_URL}][^{_NOT_IN_URL}]*$", max_length=2000),
                            AfterValidator(storable)]
     enabled: Bool = True
 
@@ -492,10 +554,14 @@ class AlertEvent(BaseModel):
     threshold: float
     message: str
     created_at: datetime
-    delivery: str
-    attempts: int
+    delivery: Literal["pending", "delivered", "failed"] = Field(
+        description="The webhook's delivery, read from the event's outbox message: pending (being tried), "
+                    "delivered, or failed (the message is dead; `pgqueue outbox replay` sends it again).")
+    attempts: int | None = Field(description="Delivery attempts so far; null once the relay has forgotten a "
+                                             "delivered message (after its retention).")
     delivered_at: datetime | None
-    last_error: str | None
+    last_error: str | None = Field(description="The last failed attempt's error, while it is retried or dead.")
+    outbox_id: int | None = Field(description="The outbox message that delivers it (`pgqueue outbox show ID`).")
 
 
 class Whoami(BaseModel):

@@ -63,12 +63,6 @@ def conflict(message: str) -> ApiError:
     return ApiError(409, "conflict", message)
 
 
-def pending_feature(feature: str, issue: str) -> ApiError:
-    """501 for a documented feature that is being built elsewhere and not merged yet."""
-    return ApiError(501, "not_implemented",
-                    f"{feature} is not available yet in this version of pgqueue (pending: {issue})")
-
-
 def _respond(status: int, problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(problem.model_dump(), status_code=status, headers=headers)
 
@@ -140,6 +134,6 @@ def allowed_methods(request: Request) -> list[str]:
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Bad request", 401: "Missing or unknown token", 403: "Token lacks the scope",
             404: "Not found", 409: "Conflict with the resource's state", 413: "Request body too large",
-            422: "Invalid input: the body says which field and why", 501: "Feature not available yet",
+            422: "Invalid input: the body says which field and why",
             503: "Database unavailable"}
     return {s: {"model": Problem, "description": text[s]} for s in sorted({400, *statuses})}

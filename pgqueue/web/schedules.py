@@ -1,13 +1,11 @@
-"""Cron schedules and batches over HTTP, on the core's scheduling (``pgqueue.periodic``, ``pgqueue.workflow``).
-
-Schedules: list, create (or replace, by name), pause, resume, delete. Batches: read a batch's progress.
-Creating a batch over HTTP is not built yet (a batch is made of registered tasks' calls: ``app.create_batch``);
-POST /batches answers 501.
+"""Cron schedules over HTTP, on the core's scheduling (``pgqueue.periodic``): list (with the next and last
+tick), create (or replace, by name), pause, resume, delete.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
@@ -16,32 +14,40 @@ from pgqueue.errors import JobNotFound, UnknownTask, ValidationError
 from pgqueue.periodic import Schedule, ScheduleRow, check_cron, check_timezone
 from pgqueue.web.access import Services, require
 from pgqueue.web.auth import Scope
-from pgqueue.web.models import MAX_ID, BatchInfo, ScheduleCreate, ScheduleInfo
-from pgqueue.web.problems import invalid, not_found, pending_feature, responses
+from pgqueue.web.models import ScheduleCreate, ScheduleInfo
+from pgqueue.web.problems import invalid, not_found, responses
 
-router = APIRouter(tags=["schedules and batches"])
+router = APIRouter(tags=["schedules"])
 
 NamePath = Annotated[str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$", description="Schedule name.")]
 
 
-def _info(row: ScheduleRow) -> ScheduleInfo:
+def _info(row: ScheduleRow, now: datetime) -> ScheduleInfo:
     return ScheduleInfo(name=row.name, cron=row.cron, timezone=row.timezone, task=row.task, args=row.args,
                         kwargs=row.kwargs, queue=row.queue, priority=row.priority, max_attempts=row.max_attempts,
                         missed=row.missed, max_catchup=row.max_catchup, paused=row.paused, source=row.source,
-                        last_tick_at=row.last_tick_at)
+                        last_tick_at=row.last_tick_at, next_tick_at=None if row.paused else row.next_tick(now))
+
+
+async def _schedules(svc: Services) -> list[ScheduleInfo]:
+    # Next ticks are counted from the database clock, as the scheduler counts them.
+    now = await svc.db.scalar("web_now")
+    return [_info(row, now) for row in await asyncio.to_thread(svc.app.list_schedules)]
 
 
 async def _schedule(svc: Services, name: str) -> ScheduleInfo:
-    for row in await asyncio.to_thread(svc.app.list_schedules):
-        if row.name == name:
-            return _info(row)
+    for info in await _schedules(svc):
+        if info.name == name:
+            return info
     raise not_found(f"no schedule named {name!r}")
 
 
 @router.get("/schedules", response_model=list[ScheduleInfo], summary="Cron schedules",
             responses=responses(401, 403))
 async def list_schedules(svc: Annotated[Services, Depends(require(Scope.READ))]) -> list[ScheduleInfo]:
-    return [_info(row) for row in await asyncio.to_thread(svc.app.list_schedules)]
+    """Every schedule, by name: its cron expression and time zone, what it enqueues, its missed-ticks policy
+    (``once``, ``all`` or ``skip``), whether it is paused, its last tick and (unless paused) its next one."""
+    return await _schedules(svc)
 
 
 @router.post("/schedules", status_code=201, response_model=ScheduleInfo, summary="Create or replace a schedule",
@@ -95,22 +101,3 @@ async def delete_schedule(name: NamePath, svc: Annotated[Services, Depends(requi
     except JobNotFound:
         raise not_found(f"no schedule named {name!r}") from None
     return info
-
-
-@router.get("/batches/{batch_id}", response_model=BatchInfo, summary="A batch's progress",
-            responses=responses(401, 403, 404, 422))
-async def get_batch(batch_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Batch id.")],
-                    svc: Annotated[Services, Depends(require(Scope.READ))]) -> BatchInfo:
-    """How many of the batch's jobs are in each state, and whether all have finished."""
-    try:
-        batch = await asyncio.to_thread(svc.app.batch, batch_id)
-    except JobNotFound:
-        raise not_found(f"no batch with id {batch_id}") from None
-    return BatchInfo(id=batch.id, name=batch.name, total=batch.total, counts=batch.counts, finished=batch.finished,
-                     progress=batch.progress, done=batch.done, callback_job_id=batch.callback_job_id,
-                     created_at=batch.created_at)
-
-
-@router.post("/batches", include_in_schema=False)
-async def create_batch(_: Annotated[Services, Depends(require(Scope.ENQUEUE))]) -> None:
-    raise pending_feature("creating batches over HTTP", "not built yet; use app.create_batch in Python")

@@ -23,7 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pgqueue import __version__
 from pgqueue.app import App
-from pgqueue.web import alerts, charts, dashboard, jobs, metrics, pending, queues, schedules, workers
+from pgqueue.once.relay import Relay
+from pgqueue.web import alerts, batches, charts, dashboard, jobs, metrics, queues, schedules, workers
 from pgqueue.web.access import Services, Settings, principal, require
 from pgqueue.web.auth import Scope as TokenScope
 from pgqueue.web.database import Database
@@ -113,17 +114,26 @@ def create_app(settings: Settings) -> FastAPI:
         await svc.db.open()
         await svc.exporter.start()
         background = [asyncio.create_task(svc.hub.run(), name="pgqueue-web-hub")]
-        leader = Leader(settings, svc.db) if settings.leader else None
+        leader = Leader(settings, svc.db, svc.app) if settings.leader else None
         if leader is not None:
             background.append(asyncio.create_task(leader.run(), name="pgqueue-web-leader"))
         svc.extra["leader"] = leader
+        relay = Relay(svc.app, settings.relay) if settings.relay is not None else None
+        stop_relay = asyncio.Event()
+        relaying = None
+        if relay is not None:  # it stands for election with every other relay; one delivers
+            relaying = asyncio.create_task(relay.run(stop_relay), name="pgqueue-web-relay")
+        svc.extra["relay"] = relay
         app.state.services = svc
         try:
             yield
         finally:
+            stop_relay.set()  # a graceful stop: deliveries in flight finish or are handed back
+            if relay is not None:
+                relay.stop()  # and wakes it at once, wherever it waits
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*background, *([relaying] if relaying else []), return_exceptions=True)
             with contextlib.suppress(Exception):
                 await svc.db.close()
             await asyncio.to_thread(svc.app.close)
@@ -131,15 +141,16 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="pgqueue", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         openapi_url="/openapi.json",
-        description="REST API of pgqueue: enqueue, inspect, cancel and retry jobs; dead letters; workers; "
-                    "queue figures and charts; alerts. Send `Authorization: Bearer <token>` "
-                    "(`pgqueue token create --scope read|enqueue|admin`). Errors are JSON: "
+        description="REST API of pgqueue: enqueue (with idempotency keys), inspect, cancel and retry jobs; "
+                    "batches; cron schedules; dead letters; queues; workers; queue figures and charts; alerts. "
+                    "Send `Authorization: Bearer <token>` (`pgqueue token create --scope read|enqueue|admin`). "
+                    "Errors are JSON: "
                     "`{error, message, fields: [{field, location, message}]}`.",
     )
     install(app)
     api = APIRouter(prefix=API_PREFIX)
-    for router in (jobs.router, jobs.dead_router, queues.router, workers.router, schedules.router, charts.router,
-                   alerts.router, pending.router):
+    for router in (jobs.router, jobs.dead_router, queues.router, workers.router, schedules.router,
+                   batches.router, charts.router, alerts.router):
         api.include_router(router)
 
     @api.get("/whoami", response_model=Whoami, tags=["auth"], summary="The scopes of the caller",
@@ -160,6 +171,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
     app.mount("/static", dashboard.static_files(), name="static")
-    limit = max(4 * 1024 * 1024, 2 * settings.max_payload_bytes + 64 * 1024)
-    app.add_middleware(BodyLimit, limit=limit)
+    app.add_middleware(BodyLimit, limit=body_limit(settings))
     return app
+
+
+def body_limit(settings: Settings) -> int:
+    """The largest request body read (a 413 beyond it): room for a payload at the limit, JSON-escaped."""
+    return max(4 * 1024 * 1024, 2 * settings.max_payload_bytes + 64 * 1024)

@@ -366,8 +366,9 @@ WHERE r.enabled
 ORDER BY r.id;
 
 -- name: alert_rule_record
--- Store a rule's evaluation; when its firing state changes, add the change to the history (which is also the
--- webhook's delivery queue). The row lock makes two evaluators (a leader handing over) record a change once.
+-- Store a rule's evaluation; when its firing state changes, add the change to the history and return it (no row
+-- otherwise), so the caller publishes it to the outbox in this same transaction. The row lock makes two
+-- evaluators (a leader handing over) record a change once.
 WITH old AS (
     SELECT id, firing FROM pgqueue.alert_rules WHERE id = %(id)s FOR UPDATE
 ), upd AS (
@@ -376,48 +377,39 @@ WITH old AS (
         changed_at = CASE WHEN r.firing IS DISTINCT FROM %(firing)s THEN now() ELSE r.changed_at END
     FROM old WHERE r.id = old.id
     RETURNING r.*, old.firing AS was_firing
-), event AS (
-    INSERT INTO pgqueue.alert_events (rule_id, rule_name, kind, queue, status, value, threshold, message,
-                                      webhook_url)
-    SELECT id, name, kind, queue, CASE WHEN firing THEN 'firing' ELSE 'resolved' END, %(value)s, threshold,
-           %(message)s, webhook_url
-    FROM upd WHERE firing IS DISTINCT FROM was_firing
-    RETURNING id
 )
-SELECT (SELECT count(*) FROM event);
+INSERT INTO pgqueue.alert_events (rule_id, rule_name, kind, queue, status, value, threshold, message, webhook_url)
+SELECT id, name, kind, queue, CASE WHEN firing THEN 'firing' ELSE 'resolved' END, %(value)s, threshold,
+       %(message)s, webhook_url
+FROM upd WHERE firing IS DISTINCT FROM was_firing
+RETURNING id, rule_id, rule_name, kind, queue, status, value, threshold, message, webhook_url, created_at;
+
+-- name: alert_event_sent
+-- The outbox message that delivers the event (written in the same transaction as the event).
+UPDATE pgqueue.alert_events SET outbox_id = %(outbox_id)s WHERE id = %(id)s;
+
+-- name: alert_event_undeliverable
+-- An event whose message the outbox refused (the rule's URL): it stays in the history, failed, saying why.
+UPDATE pgqueue.alert_events SET delivery = 'failed', last_error = %(error)s WHERE id = %(id)s;
 
 -- name: alert_event_list
-SELECT id, rule_id, rule_name, kind, queue, status, value, threshold, message, created_at, delivery, attempts,
-       delivered_at, last_error
-FROM pgqueue.alert_events
-WHERE (%(before)s::bigint IS NULL OR id < %(before)s)
-ORDER BY id DESC LIMIT %(limit)s;
-
--- name: alert_event_claim
--- Take due webhook deliveries. Claiming pushes next_attempt_at out by a lease, so a delivery whose sender
--- died is retried after it, and two senders never post the same event at the same moment.
-WITH due AS (
-    SELECT id FROM pgqueue.alert_events
-    WHERE delivery = 'pending' AND next_attempt_at <= now()
-    ORDER BY next_attempt_at LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE pgqueue.alert_events e
-SET attempts = e.attempts + 1, next_attempt_at = now() + make_interval(secs => %(lease)s)
-FROM due WHERE e.id = due.id
-RETURNING e.id, e.rule_name, e.kind, e.queue, e.status, e.value, e.threshold, e.message, e.webhook_url,
-          e.created_at, e.attempts;
-
--- name: alert_event_delivered
-UPDATE pgqueue.alert_events SET delivery = 'delivered', delivered_at = now(), last_error = NULL
-WHERE id = %(id)s;
-
--- name: alert_event_failed
-UPDATE pgqueue.alert_events
-SET last_error = %(error)s,
-    delivery = CASE WHEN %(give_up)s THEN 'failed' ELSE 'pending' END,
-    next_attempt_at = now() + make_interval(secs => %(delay)s)
-WHERE id = %(id)s;
+-- The history, newest first, with each event's delivery as its outbox message tells it: pending (attempts so
+-- far, the last error), delivered, or failed (the message is dead: `pgqueue outbox replay` sends it again). A
+-- message that is gone was delivered: the relay forgets only delivered messages. Events from before the
+-- outbox (outbox_id NULL) keep their own record.
+SELECT e.id, e.rule_id, e.rule_name, e.kind, e.queue, e.status, e.value, e.threshold, e.message, e.created_at,
+       CASE WHEN e.outbox_id IS NULL THEN e.delivery
+            WHEN o.id IS NULL OR o.state = 'delivered' THEN 'delivered'
+            WHEN o.state = 'dead' THEN 'failed'
+            ELSE 'pending' END,
+       CASE WHEN e.outbox_id IS NULL THEN e.attempts ELSE o.attempt END,
+       CASE WHEN e.outbox_id IS NULL THEN e.delivered_at WHEN o.state = 'delivered' THEN o.finished_at END,
+       CASE WHEN e.outbox_id IS NULL THEN e.last_error ELSE o.last_error END,
+       e.outbox_id
+FROM pgqueue.alert_events AS e
+LEFT JOIN pgqueue.outbox AS o ON o.id = e.outbox_id
+WHERE (%(before)s::bigint IS NULL OR e.id < %(before)s)
+ORDER BY e.id DESC LIMIT %(limit)s;
 
 -- name: leader_try_lock
 SELECT pg_try_advisory_lock(%(key)s::bigint);
@@ -428,3 +420,16 @@ SELECT i FROM unnest(%(ids)s::bigint[]) AS i
 WHERE NOT EXISTS (SELECT 1 FROM pgqueue.jobs j WHERE j.id = i)
   AND NOT EXISTS (SELECT 1 FROM pgqueue.finished_jobs f WHERE f.id = i)
 ORDER BY i;
+
+-- name: web_job_committed
+-- Whether job %(id)s exists for everyone (run outside the enqueuing transaction). POST /jobs asks it, before it
+-- commits, of the job an enqueue with a key returned: a job made by that enqueue is not visible here yet, and a
+-- job that a key handed back always is (the enqueue waited for its maker's commit), so this tells them apart.
+SELECT EXISTS (SELECT 1 FROM pgqueue.jobs WHERE id = %(id)s)
+    OR EXISTS (SELECT 1 FROM pgqueue.finished_jobs WHERE id = %(id)s);
+
+-- name: web_enqueue_key_task
+-- The task of the job an idempotency key belongs to (NULL when the key is free or its job is gone).
+SELECT (SELECT task FROM pgqueue.jobs WHERE id = k.job_id
+        UNION ALL SELECT task FROM pgqueue.finished_jobs WHERE id = k.job_id LIMIT 1)
+FROM pgqueue.enqueue_keys AS k WHERE k.key = %(key)s AND k.expires_at > now();

@@ -122,6 +122,17 @@ def test_unreachable_or_malformed_dsn(dsn: str, needles: list[str], code: int) -
         assert result.returncode == code
 
 
+def test_dsn_may_follow_the_command(dsn: str, app: App) -> None:
+    """--dsn after the command name works as before it, and wins over PGQUEUE_DSN."""
+    elsewhere = {"PGQUEUE_DSN": "postgresql://postgres@127.0.0.1:1/x"}
+    status = run_cli(None, "migrate", "--status", "--dsn", dsn, env=elsewhere)
+    assert status.returncode == 0 and "initial" in status.stdout, status.stderr
+    enqueued = run_cli(None, "enqueue", "t.record", f"--dsn={dsn}", "--args", "[1]", env=elsewhere)
+    assert enqueued.returncode == 0, enqueued.stderr
+    assert app.job(int(enqueued.stdout.split()[2])).args == [1]
+    assert_one_line_error(run_cli(None, "stats", "--dsn", env=elsewhere), "--dsn needs a value")
+
+
 def test_schema_not_migrated(fresh_database: Callable[[], str]) -> None:
     empty = fresh_database()
     for command in (["stats"], ["enqueue", "t.x"], ["jobs", "list"], ["work", "tests.acceptance.apps:app"]):

@@ -160,8 +160,6 @@ SCENARIOS: dict[int, Scenario] = {}
 
 # Scenarios of the issue that wait for a feature not on this branch yet.
 PENDING: dict[int, str] = {
-    12: "cron leader failover: waits for cron (issue 3)",
-    13: "idempotency race: waits for idempotency keys (issue 4)",
 }
 
 

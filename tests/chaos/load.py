@@ -21,7 +21,7 @@ def enqueue_many(conn: psycopg.Connection[Any], task: str, kwargs: Sequence[dict
     n = len(kwargs)
     params = {"queue": [queue] * n, "task": [task] * n, "args": ["[]"] * n,
               "kwargs": [json.dumps(k, separators=(",", ":")) for k in kwargs], "priority": [priority] * n,
-              "run_at": [run_at] * n, "max_attempts": [max_attempts] * n, "group_key": [None] * n,
+              "run_at": [run_at] * n, "delay": [None] * n, "max_attempts": [max_attempts] * n, "group_key": [None] * n,
               "batch_id": [None] * n}
     return sorted(int(row[0]) for row in conn.execute(q("job_insert_many"), params).fetchall())
 

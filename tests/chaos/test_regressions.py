@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from typing import Any
 
 import psycopg
 import pytest
 
-from pgqueue import App, JobState, ValidationError, testing
+from pgqueue import App, Context, JobState, ValidationError, testing
+from pgqueue.heartbeat import SWITCH_INTERVAL
 from pgqueue.testing import running_worker
 from tests.conftest import wait_for
 
@@ -68,3 +72,31 @@ def test_a_job_scheduled_for_infinity_does_not_stop_maintenance(app: App, db: ps
         job = wait_for(lambda: (j := app.job(row[0])).state is JobState.SUCCEEDED and j, timeout=10,
                        message="the expired lease to be reclaimed")
     assert job.result == "rescued"
+
+
+def test_a_worker_whose_loop_is_blocked_stops_renewing_its_leases(app: App, db: psycopg.Connection[Any]) -> None:
+    """The renewer thread must not keep a wedged worker's jobs forever: once the loop has not run for
+    max(3 leases, 5 s), renewals stop and the lease runs out, so another worker can take the job."""
+
+    @app.task(name="wedge")
+    async def wedge(ctx: Context) -> None:
+        if ctx.attempt == 1:
+            time.sleep(8)  # blocks the event loop itself, as a buggy async handler would
+
+    job = wedge.enqueue()
+    with running_worker(app, lease=1.0, heartbeat=0.25, poll_interval=0.5):
+        expired = wait_for(lambda: db.execute("SELECT lease_expires_at < now() FROM pgqueue.jobs WHERE id = %s "
+                                              "AND state = 'running'", (job.id,)).fetchone() == (True,),
+                           timeout=10, message="the blocked worker's lease to run out")
+        wait_for(lambda: app.job(job.id).state is JobState.SUCCEEDED, timeout=20, message="the job to finish")
+    assert expired
+
+
+def test_the_switch_interval_is_short_while_workers_run_and_restored_after(app: App) -> None:
+    """The renewer shortens the GIL switch interval for its process (so it waits less behind CPU-bound handler
+    threads) and gives the old one back when the last worker of the process stops."""
+    before = sys.getswitchinterval()
+    with running_worker(app, lease=1.0), running_worker(app, lease=1.0):
+        wait_for(lambda: sys.getswitchinterval() == SWITCH_INTERVAL, timeout=5, message="a shorter interval")
+    assert sys.getswitchinterval() == before
+    assert [t.name for t in threading.enumerate() if t.name == "pgqueue-heartbeat"] == []

@@ -380,3 +380,84 @@ def test_many_jobs_each_run_once_in_process(app: App, concurrency: int) -> None:
         wait_for(lambda: len(seen) >= 500, timeout=30)
         time.sleep(0.2)
     assert sorted(seen) == list(range(500))
+
+
+def test_results_with_awkward_text_are_stored_exactly_in_batched_acknowledgements(app: App) -> None:
+    """The completer writes results as an array literal it builds itself: quotes, backslashes, braces, commas,
+    NUL escapes and non-ASCII must come back unchanged, and None stays None."""
+    values: list[Any] = ['quote " back\\slash', "{braces},commas", "\\N", "NULL", "null", "日本\u2028", "\x00nul",
+                         {"k": ['a"b', "c\\d", None]}, [], {}, None, 0, -1.5, True]
+
+    @app.task()
+    async def give(i: int) -> Any:
+        return values[i]
+
+    jobs = give.enqueue_many([[i] for i in range(len(values))])
+    with running_worker(app, concurrency=len(values), **FAST):
+        wait_for(lambda: all(app.job(j.id).state is JobState.SUCCEEDED for j in jobs))
+    assert [app.job(j.id).result for j in jobs] == values
+
+
+def test_prefetch_holds_jobs_without_running_more_than_the_concurrency(app: App) -> None:
+    running, peak = 0, 0
+    lock = threading.Lock()
+
+    @app.task()
+    async def step(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        await asyncio.sleep(0.02)
+        with lock:
+            running -= 1
+        return i
+
+    jobs = step.enqueue_many([[i] for i in range(40)])
+    with running_worker(app, concurrency=2, prefetch=6, **FAST):
+        wait_for(lambda: all(state_of(app, j.id) is JobState.SUCCEEDED for j in jobs))
+    assert peak == 2
+    assert [app.job(j.id).attempt for j in jobs] == [1] * 40
+
+
+def test_a_prefetched_job_cancelled_while_held_never_runs(app: App, db: psycopg.Connection[Any]) -> None:
+    started: list[int] = []
+    gate = threading.Event()
+
+    @app.task()
+    def hold(i: int) -> None:
+        started.append(i)
+        gate.wait(10)
+
+    jobs = hold.enqueue_many([[i] for i in range(3)])
+    with running_worker(app, concurrency=1, prefetch=2, **FAST) as worker:
+        # One runs; two are claimed and held (leased to this worker, running as far as the database knows).
+        wait_for(lambda: db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'running'").fetchone() == (3,))
+        assert started == [0]
+        assert app.cancel(jobs[1].id)
+        # The request reaches the worker by notification; only then is it sure to come before the job's turn.
+        wait_for(lambda: worker._running[jobs[1].id].cancel_requested)
+        gate.set()
+        wait_for(lambda: state_of(app, jobs[2].id) is JobState.SUCCEEDED)
+    assert started == [0, 2]
+    assert [state_of(app, j.id) for j in jobs] == [JobState.SUCCEEDED, JobState.CANCELLED, JobState.SUCCEEDED]
+
+
+def test_prefetched_jobs_go_back_at_once_when_the_worker_drains(app: App, db: psycopg.Connection[Any]) -> None:
+    gate = threading.Event()
+
+    @app.task()
+    def hold(i: int) -> None:
+        gate.wait(10)
+
+    jobs = hold.enqueue_many([[i] for i in range(4)])
+    with running_worker(app, concurrency=1, prefetch=3, drain_timeout=10, **FAST) as worker:
+        wait_for(lambda: db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'running'").fetchone() == (4,))
+        worker.stop()
+        # The running job holds the drain open; the held ones are back in the queue meanwhile, attempt uncounted.
+        wait_for(lambda: db.execute("SELECT count(*) FROM pgqueue.jobs WHERE state = 'queued' AND attempt = 0"
+                                    ).fetchone() == (3,))
+        assert state_of(app, jobs[0].id) is JobState.RUNNING
+        gate.set()
+        wait_for(lambda: state_of(app, jobs[0].id) is JobState.SUCCEEDED)  # leaving the block stops it again
+    assert [state_of(app, j.id) for j in jobs] == [JobState.SUCCEEDED] + [JobState.QUEUED] * 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -12,24 +11,9 @@ import pytest
 
 from pgqueue import App, JobState, ValidationError
 from pgqueue.testing import running_worker
-from tests.conftest import wait_for
+from tests.conftest import connect_when_free, wait_for
 
 CALLERS = 64
-
-
-def connect_when_free(dsn: str, autocommit: bool, timeout: float = 60) -> psycopg.Connection[Any]:
-    """A connection, waiting for a free slot: the server may be shared, and 64 is most of its default 100."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return psycopg.connect(dsn, autocommit=autocommit)
-        except psycopg.OperationalError as err:
-            # A refused connection carries no SQLSTATE in psycopg, only libpq's text.
-            if "too many clients" not in str(err):
-                raise
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def job_count(db: psycopg.Connection[Any]) -> int:

@@ -92,3 +92,13 @@ def test_task_registration_and_argument_checks() -> None:
         app.task(name="with_ctx")(lambda: None)
     with pytest.raises(ValidationError, match="queue"):
         app.task(name="x", queue="bad queue")(lambda: None)
+
+
+def test_claim_batch_defaults_to_half_the_slots_and_refuses_nonsense() -> None:
+    from pgqueue import WorkerConfig
+
+    assert [WorkerConfig(concurrency=c).batch for c in (1, 2, 10, 200, 1000)] == [1, 1, 5, 100, 100]
+    assert WorkerConfig(concurrency=100, prefetch=100).batch == 100
+    assert WorkerConfig(concurrency=10, claim_batch=7).batch == 7
+    with pytest.raises(ValidationError, match="claim_batch must be at least 1"):
+        WorkerConfig(claim_batch=0)

@@ -1,5 +1,6 @@
-"""Alerts: rules in the database, measured by the serve leader, fired to a webhook with retries, and a history;
-leadership passes to another serve process when the leader goes."""
+"""Alerts: rules in the database, measured by the serve leader, published to the outbox with the change that
+fires them and posted to the rule's webhook by the relay (retried on failure), with a history that shows the
+delivery; leadership passes to another serve process when the leader goes."""
 
 from __future__ import annotations
 
@@ -14,18 +15,22 @@ import httpx
 import psycopg
 import pytest
 
+from pgqueue import App, Relay, RelayConfig
 from pgqueue.web import alerts
 from pgqueue.web.access import Settings
 from pgqueue.web.database import Database
 from pgqueue.web.leader import Leader
-from tests.conftest import wait_for
+from pgqueue.web.models import AlertEvent
+from tests.conftest import ROOT, wait_for
 from tests.web.conftest import Live, clean_web_tables
 
 
 class Hook:
-    """A webhook receiver on 127.0.0.1 that answers 500 to its first ``failures`` posts."""
+    """A webhook receiver on 127.0.0.1 that answers 500 to its first ``failures`` posts. ``posts`` holds every
+    post (headers and body), ``received`` the bodies of those it accepted."""
 
     def __init__(self) -> None:
+        self.posts: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.received: list[dict[str, Any]] = []
         self.failures = 0
         hook = self
@@ -33,6 +38,7 @@ class Hook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 if hook.failures > 0:
                     hook.failures -= 1
                     self.send_response(500)
@@ -52,6 +58,29 @@ class Hook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# A relay that retries quickly, so a test sees a failed attempt retried within a second.
+FAST_RELAY = RelayConfig(retry_base=0.05, retry_cap=0.2, poll_interval=0.2, max_attempts=2)
+
+
+MIGRATION = ROOT / "sql" / "migrations" / "0006_web_followups.sql"
+
+
+def alert_history(dsn: str) -> list[AlertEvent]:
+    """GET /alerts/events, read as the endpoint reads it."""
+
+    async def read() -> list[AlertEvent]:
+        database = Database(dsn)
+        await database.open()
+        try:
+            keys = list(AlertEvent.model_fields)
+            rows = await database.fetch("alert_event_list", {"before": None, "limit": 100})
+            return [AlertEvent(**dict(zip(keys, row, strict=True))) for row in rows]
+        finally:
+            await database.close()
+
+    return asyncio.run(read())
 
 
 @pytest.fixture
@@ -86,9 +115,10 @@ def test_rule_api_validates_and_keeps_rules(client: httpx.Client, hook: Hook) ->
     assert client.delete(f"/alerts/rules/{rule_id}").status_code == 404
 
 
-def test_the_leader_fires_and_resolves_through_the_webhook(serve: Callable[..., Live], tokens: dict[str, str],
-                                                           hook: Hook, db: psycopg.Connection[Any]) -> None:
-    web = serve(leader=True, alert_interval=0.1, sample_interval=0.1)
+def test_a_firing_rule_posts_its_webhook_once_through_the_outbox(
+        serve: Callable[..., Live], tokens: dict[str, str], hook: Hook, db: psycopg.Connection[Any]) -> None:
+    web = serve(leader=True, alert_interval=0.1, sample_interval=0.1, relay=FAST_RELAY)
+    hook.failures = 1  # the first post is answered 500: the relay tries again
     with httpx.Client(base_url=web.url + "/api/v1", headers={"Authorization": f"Bearer {tokens['admin']}"}) as http:
         http.post("/alerts/rules", json={"name": "mail-dlq", "kind": "dead_letters_above", "queue": "mail",
                                          "threshold": 1, "webhook_url": hook.url})
@@ -98,16 +128,31 @@ def test_the_leader_fires_and_resolves_through_the_webhook(serve: Callable[..., 
         wait_for(lambda: hook.received, timeout=10, message="the webhook to fire")
         fired = hook.received[0]
         assert (fired["alert"], fired["status"], fired["value"], fired["queue"]) == ("mail-dlq", "firing", 2.0, "mail")
-        assert "FIRING" in fired["message"]
+        assert fired["event"] == "alert.firing" and "FIRING" in fired["message"]
+        [(failed, _), (delivered, body)] = hook.posts
+        assert body == fired and failed["webhook-id"] == delivered["webhook-id"]  # one message, tried twice
+        assert (failed["pgqueue-attempt"], delivered["pgqueue-attempt"]) == ("1", "2")
+        assert delivered["pgqueue-topic"] == "pgqueue.alert.firing"
         http.post("/dead-letters/delete", json={"queue": "mail"})
         wait_for(lambda: len(hook.received) == 2, timeout=10, message="the webhook to resolve")
         assert hook.received[1]["status"] == "resolved"
+        # The resolution is behind the firing in the rule's key, so any second post of the firing would have
+        # come before it: the firing was posted successfully exactly once.
+        assert [b["status"] for _, b in hook.posts] == ["firing", "firing", "resolved"]
+        wait_for(lambda: all(e["delivery"] == "delivered" for e in http.get("/alerts/events").json()),
+                 timeout=10, message="the relay to mark the resolution delivered")  # just after the post
         history = http.get("/alerts/events").json()
-        assert [(e["status"], e["delivery"]) for e in history] == [("resolved", "delivered"), ("firing", "delivered")]
+        assert [(e["status"], e["delivery"], e["attempts"]) for e in history] == [
+            ("resolved", "delivered", 1), ("firing", "delivered", 2)]
+        assert all(e["outbox_id"] and e["delivered_at"] for e in history)
         assert web.services.extra["leader"].samples >= 1
+    topics = db.execute("SELECT topic, key, state FROM pgqueue.outbox ORDER BY id").fetchall()
+    rule_id = history[0]["rule_id"]
+    assert topics == [("pgqueue.alert.firing", f"pgqueue.alert:{rule_id}", "delivered"),
+                      ("pgqueue.alert.resolved", f"pgqueue.alert:{rule_id}", "delivered")]
 
 
-def test_every_kind_of_rule_measures_what_it_says(dsn: str, app: Any, hook: Hook,
+def test_every_kind_of_rule_measures_what_it_says(dsn: str, app: App, hook: Hook,
                                                   db: psycopg.Connection[Any]) -> None:
     clean_web_tables(dsn)
     for name, kind, queue, threshold in [("fail", "failure_rate_above", "q", 40.0),
@@ -130,8 +175,8 @@ def test_every_kind_of_rule_measures_what_it_says(dsn: str, app: Any, hook: Hook
         database = Database(dsn)
         await database.open()
         try:
-            assert await alerts.evaluate(database) == 3
-            assert await alerts.evaluate(database) == 0  # no change, no new event
+            assert await alerts.evaluate(database, app) == 3
+            assert await alerts.evaluate(database, app) == 0  # no change, no new event
             return {r[1]: (r[8], r[9]) for r in await database.fetch("alert_rule_list")}
         finally:
             await database.close()
@@ -141,51 +186,94 @@ def test_every_kind_of_rule_measures_what_it_says(dsn: str, app: Any, hook: Hook
     assert state["old"][0] and state["old"][1] >= 120
     assert state["alone"] == (False, 1.0)
     assert state["other-q"] == (True, 0.0)
+    # One outbox message per change, written with it, to the rule's webhook.
+    messages = db.execute("SELECT e.rule_name, o.topic, o.url FROM pgqueue.alert_events e "
+                          "JOIN pgqueue.outbox o ON o.id = e.outbox_id ORDER BY e.rule_name").fetchall()
+    assert messages == [(name, "pgqueue.alert.firing", hook.url) for name in ("fail", "old", "other-q")]
 
 
-def test_webhook_delivery_retries_then_gives_up(dsn: str, app: Any, hook: Hook, db: psycopg.Connection[Any]
-                                                ) -> None:
+def test_the_relay_retries_a_webhook_then_gives_up_and_the_history_says_so(
+        dsn: str, app: App, hook: Hook, db: psycopg.Connection[Any]) -> None:
     clean_web_tables(dsn)
     db.execute("""INSERT INTO pgqueue.alert_rules (name, kind, threshold, webhook_url)
                   VALUES ('r1', 'no_live_worker', 60, %s), ('r2', 'no_live_worker', 60, 'http://127.0.0.1:9/')""",
                (hook.url,))
     hook.failures = 1
 
+    def history() -> list[tuple[Any, ...]]:
+        rows = alert_history(dsn)
+        return [(e.rule_name, e.delivery, e.attempts, e.last_error) for e in sorted(rows, key=lambda e: e.rule_name)]
+
     async def run() -> None:
         database = Database(dsn)
         await database.open()
+        relay = Relay(app, FAST_RELAY)
+        stopping = asyncio.Event()
+        relaying = asyncio.create_task(relay.run(stopping))
         try:
-            assert await alerts.evaluate(database) == 2
-            assert await alerts.deliver_due(database, timeout=2, max_attempts=2) == 0  # 500, and refused
-            rows = db.execute("SELECT rule_name, delivery, attempts, last_error FROM pgqueue.alert_events "
-                              "ORDER BY rule_name").fetchall()
-            assert [r[:3] for r in rows] == [("r1", "pending", 1), ("r2", "pending", 1)]
-            assert "500" in rows[0][3]
-            delivered = 0
-            for _ in range(100):  # the retry is due after its 1 s backoff
-                delivered += await alerts.deliver_due(database, timeout=2, max_attempts=2)
-                states = {r[0] for r in db.execute("SELECT delivery FROM pgqueue.alert_events").fetchall()}
-                if "pending" not in states:
+            assert await alerts.evaluate(database, app) == 2
+            for _ in range(500):  # until both deliveries have an outcome (the relay backs off 0.05-0.2 s)
+                if all(delivery != "pending" for _, delivery, _, _ in await asyncio.to_thread(history)):
                     break
-                await asyncio.sleep(0.1)
-            assert delivered == 1
+                await asyncio.sleep(0.02)
         finally:
+            stopping.set()
+            await relaying
             await database.close()
 
     asyncio.run(run())
-    rows = db.execute("SELECT rule_name, delivery, attempts FROM pgqueue.alert_events ORDER BY rule_name").fetchall()
-    assert rows == [("r1", "delivered", 2), ("r2", "failed", 2)]
-    assert len(hook.received) == 1 and hook.received[0]["attempt"] == 2
+    (r1, r2) = history()
+    assert r1[:3] == ("r1", "delivered", 2) and r1[3] is None
+    assert r2[:3] == ("r2", "failed", 2) and "refused" in (r2[3] or "").lower()
+    assert len(hook.posts) == 2 and len(hook.received) == 1  # a 500, then the delivery
 
 
-def test_leadership_passes_when_the_leader_goes(dsn: str, app: Any) -> None:
+def test_a_rule_whose_url_the_outbox_refuses_is_recorded_as_failed(dsn: str, app: App,
+                                                                   db: psycopg.Connection[Any]) -> None:
+    clean_web_tables(dsn)  # written with SQL: the API refuses such a URL (422), the table's CHECK does not
+    db.execute("""INSERT INTO pgqueue.alert_rules (name, kind, threshold, webhook_url)
+                  VALUES ('no-host', 'no_live_worker', 60, 'http:///path'), ('fine', 'no_live_worker', 60,
+                          'http://127.0.0.1:9/')""")
+
+    async def run() -> int:
+        database = Database(dsn)
+        await database.open()
+        try:
+            return await alerts.evaluate(database, app)
+        finally:
+            await database.close()
+
+    assert asyncio.run(run()) == 2  # the other rule is not held up
+    events = {e.rule_name: (e.delivery, e.outbox_id is None, e.last_error) for e in alert_history(dsn)}
+    assert events["fine"] == ("pending", False, None)
+    assert events["no-host"][:2] == ("failed", True) and "url" in (events["no-host"][2] or "")
+
+
+def test_events_waiting_before_the_upgrade_go_through_the_outbox(dsn: str, app: App,
+                                                                 db: psycopg.Connection[Any]) -> None:
+    clean_web_tables(dsn)
+    db.execute("""INSERT INTO pgqueue.alert_events (rule_name, kind, status, value, threshold, message, webhook_url,
+                                                    delivery, attempts, delivered_at)
+                  VALUES ('old', 'no_live_worker', 'firing', 0, 60, 'was waiting', 'http://127.0.0.1:9/', 'pending',
+                          3, NULL),
+                         ('older', 'no_live_worker', 'firing', 0, 60, 'was sent', 'http://127.0.0.1:9/',
+                          'delivered', 1, now())""")
+    db.execute(MIGRATION.read_text())  # what `pgqueue migrate` ran on a database with these rows (it can run again)
+    message = db.execute("SELECT topic, url, payload::text FROM pgqueue.outbox").fetchall()
+    assert len(message) == 1 and message[0][:2] == ("pgqueue.alert.firing", "http://127.0.0.1:9/")
+    assert json.loads(message[0][2])["message"] == "was waiting"
+    events = {e.rule_name: (e.delivery, e.attempts, e.outbox_id is not None) for e in alert_history(dsn)}
+    assert events == {"old": ("pending", 0, True), "older": ("delivered", 1, False)}
+
+
+def test_leadership_passes_when_the_leader_goes(dsn: str, app: App) -> None:
     clean_web_tables(dsn)
 
     async def run() -> None:
         database = Database(dsn)
         await database.open()
         settings = Settings(dsn=dsn)
-        first, second = Leader(settings, database, retry=0.1), Leader(settings, database, retry=0.1)
+        first, second = Leader(settings, database, app, retry=0.1), Leader(settings, database, app, retry=0.1)
         one = asyncio.create_task(first.run())
         await asyncio.wait_for(first.leading.wait(), 10)
         two = asyncio.create_task(second.run())

@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -14,6 +17,7 @@ import psycopg
 import pytest
 
 from pgqueue import App, Fatal, JobState, testing
+from tests.conftest import wait_for
 from tests.web.conftest import Live, as_scope
 
 
@@ -36,6 +40,9 @@ def test_enqueue_returns_id_state_and_queue_position(client: httpx.Client, app: 
     assert later["state"] == "scheduled" and later["queue_position"] is None
     at = client.post("/jobs", json={"task": "mail.send", "run_at": "2999-01-01T00:00:00+00:00"}).json()
     assert at["state"] == "scheduled" and at["queue"] == "default"
+    far = client.post("/jobs", json={"task": "mail.send", "run_at": "2999-01-01T00:00:00+23:30"})  # ISO, not PG
+    assert far.status_code == 201 and datetime.fromisoformat(far.json()["scheduled_for"]) == datetime(
+        2998, 12, 31, 0, 30, tzinfo=timezone.utc)
     job = app.job(second["id"])
     assert (job.task, job.args, job.kwargs, job.queue, job.state) == ("mail.send", [1, "x"], {}, "mail",
                                                                      JobState.QUEUED)
@@ -53,6 +60,7 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("max_attempts zero", {"task": "t", "max_attempts": 0}, 422, "max_attempts"),
     ("run_at without timezone", {"task": "t", "run_at": "2030-01-01T00:00:00"}, 422, "run_at"),
     ("run_at not a date", {"task": "t", "run_at": "tomorrow"}, 422, "run_at"),
+    ("run_at past year 9999 in UTC", {"task": "t", "run_at": "9999-12-31T23:00:00-05:00"}, 422, "run_at"),
     ("negative delay", {"task": "t", "delay": -5}, 422, "delay"),
     ("run_at and delay", {"task": "t", "delay": 5, "run_at": "2030-01-01T00:00:00Z"}, 422, "body"),
     ("args an object", {"task": "t", "args": {"a": 1}}, 422, "args"),
@@ -64,7 +72,8 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ("depends_on on a missing job", {"task": "t", "depends_on": [987654]}, 404, "depends_on"),
     ("bad on_parent_failure", {"task": "t", "depends_on": [1], "on_parent_failure": "sulk"}, 422,
      "on_parent_failure"),
-    ("idempotency key (pending)", {"task": "t", "idempotency_key": "k"}, 501, ""),
+    ("empty idempotency key", {"task": "t", "idempotency_key": ""}, 422, "idempotency_key"),
+    ("idempotency key a number", {"task": "t", "idempotency_key": 7}, 422, "idempotency_key"),
 ]
 
 
@@ -293,11 +302,136 @@ def test_schedules_and_batches(client: httpx.Client, app: App) -> None:
     info = client.get(f"/batches/{batch.id}").json()
     assert (info["name"], info["total"], info["done"], info["counts"]) == ("import", 2, False, {"queued": 2})
     assert client.get("/batches/99999").status_code == 404
-    assert client.post("/batches", json={}).status_code == 501
 
 
-def test_idempotency_keys_are_pending(client: httpx.Client, web: Live) -> None:
-    response = client.post("/jobs", json={"task": "t", "idempotency_key": "k"})
-    assert response.status_code == 501 and "issue 4" in response.json()["message"]
+def test_schedules_show_their_next_tick_and_policy(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+    client.post("/schedules", json={"name": "hourly", "cron": "0 * * * *", "task": "t.sweep", "missed": "skip"})
+    now = db.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    [hourly] = client.get("/schedules").json()
+    next_tick = datetime.fromisoformat(hourly["next_tick_at"])
+    assert now < next_tick <= now + timedelta(hours=1) and (next_tick.minute, next_tick.second) == (0, 0)
+    assert (hourly["missed"], hourly["paused"], hourly["source"]) == ("skip", False, "cli")
+    assert datetime.fromisoformat(hourly["last_tick_at"]) <= now  # ticks are counted from its creation
+    assert client.post("/schedules/hourly/pause").json()["next_tick_at"] is None  # a paused schedule has none
+
+
+def test_idempotency_keys_make_one_job_whoever_asks(client: httpx.Client, web: Live, app: App,
+                                                    db: psycopg.Connection[Any]) -> None:
+    body = {"task": "pay.charge", "kwargs": {"order": 1}, "idempotency_key": "charge:1"}
+    first = client.post("/jobs", json=body)
+    assert first.status_code == 201 and first.json()["created"] is True, first.text
+    again = client.post("/jobs", json={**body, "kwargs": {"order": 999}})  # the key decides, not the arguments
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert again.json()["id"] == first.json()["id"] and again.json()["queue_position"] == 0
+    assert app.enqueue("pay.charge", kwargs={"order": 1}, idempotency_key="charge:1").id == first.json()["id"]
+    made_in_python = app.enqueue("pay.charge", idempotency_key="charge:2")
+    over_http = client.post("/jobs", json={"task": "pay.charge", "idempotency_key": "charge:2"})
+    assert (over_http.status_code, over_http.json()["id"]) == (200, made_in_python.id)
+    assert client.delete(f"/jobs/{first.json()['id']}").status_code == 200
+    cancelled = client.post("/jobs", json=body)  # whatever its state, the key's job comes back
+    assert (cancelled.status_code, cancelled.json()["id"], cancelled.json()["state"]) == (
+        200, first.json()["id"], "cancelled")
+    other_task = client.post("/jobs", json={"task": "pay.refund", "idempotency_key": "charge:1"})
+    assert other_task.status_code == 409 and other_task.json()["fields"][0]["field"] == "idempotency_key"
+    assert "pay.charge" in other_task.json()["message"]
+    assert count_jobs(db) == 2
+    held = client.post("/jobs", json={"task": "t.report", "unique_key": "u"})
+    same = client.post("/jobs", json={"task": "t.report", "unique_key": "u"})
+    assert (held.status_code, same.status_code, same.json()["created"]) == (201, 200, False)
     spec = httpx.get(web.url + "/openapi.json").json()
-    assert "idempotency_key" not in spec["components"]["schemas"]["JobCreate"]["properties"]
+    assert "idempotency_key" in spec["components"]["schemas"]["JobCreate"]["properties"]
+
+
+def test_concurrent_posts_of_one_key_make_one_job(web: Live, tokens: dict[str, str],
+                                                   db: psycopg.Connection[Any]) -> None:
+    posts = 24
+    start = threading.Barrier(posts)
+
+    def post(n: int) -> httpx.Response:
+        with as_scope(web, tokens, "enqueue") as http:
+            start.wait()
+            return http.post("/jobs", json={"task": "t.once", "args": [n], "idempotency_key": "race"})
+
+    with ThreadPoolExecutor(posts) as pool:
+        answers = list(pool.map(post, range(posts)))
+    assert sorted(a.status_code for a in answers) == [200] * (posts - 1) + [201], [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert [a.json()["created"] for a in answers].count(True) == 1
+    assert count_jobs(db) == 1
+
+
+def test_batches_over_http(client: httpx.Client, app: App, db: psycopg.Connection[Any]) -> None:
+    created = client.post("/batches", json={
+        "name": "import", "jobs": [{"task": "rows.load", "args": [1]}, {"task": "rows.load", "args": [2],
+                                                                          "queue": "bulk", "priority": 5}],
+        "on_complete": {"task": "rows.report", "kwargs": {"to": "ops"}}})
+    assert created.status_code == 201, created.text
+    batch = created.json()
+    assert len(batch["job_ids"]) == 2 and batch["callback_job_id"] is not None
+    info = client.get(f"/batches/{batch['id']}").json()
+    assert (info["name"], info["total"], info["counts"], info["callback_job_id"]) == (
+        "import", 2, {"queued": 2}, batch["callback_job_id"])
+    second = app.job(batch["job_ids"][1])
+    assert (second.queue, second.priority, second.args, second.batch_id) == ("bulk", 5, [2], batch["id"])
+    # Mixed tasks and a delay: job_ids follow the request's order; the delay counts on the database clock.
+    mixed = client.post("/batches", json={"name": "mixed", "jobs": [
+        {"task": "a.one", "args": [0]}, {"task": "b.two", "args": [1], "delay": 3600}, {"task": "a.one", "args": [2]}]})
+    assert mixed.status_code == 201, mixed.text
+    jobs = [app.job(i) for i in mixed.json()["job_ids"]]
+    assert [(j.task, j.args) for j in jobs] == [("a.one", [0]), ("b.two", [1]), ("a.one", [2])]
+    assert [j.state for j in jobs] == [JobState.QUEUED, JobState.SCHEDULED, JobState.QUEUED]
+    waited = (jobs[1].scheduled_for - jobs[1].created_at).total_seconds()
+    assert 3599 <= waited <= 3601, waited
+    callback = app.job(batch["callback_job_id"])
+    assert (callback.state, callback.kwargs) == (JobState.WAITING, {"to": "ops", "batch_id": batch["id"]})
+    # The largest batch allowed, of one task, goes in as one bulk insert (a stand-in task per job made it
+    # 10,000 inserts, past the client's timeout).
+    big = client.post("/batches", json={"name": "big", "jobs": [{"task": "rows.load", "args": [n]}
+                                                                 for n in range(10_000)]})
+    assert big.status_code == 201, big.text
+    assert len(set(big.json()["job_ids"])) == 10_000
+    assert app.job(big.json()["job_ids"][-1]).args == [9_999]
+    before = count_jobs(db)
+    good = {"name": "b", "jobs": [{"task": "t"}]}
+    for change, field in [({"jobs": []}, "jobs"), ({"name": ""}, "name"), ({"jobs": [{"task": "9 lives"}]},
+                          "jobs.0.task"), ({"jobs": [{"task": "t", "delay": -5}]}, "jobs.0.delay"),
+                          ({"jobs": [{"task": "t", "delay": 5, "run_at": "2030-01-01T00:00:00Z"}]}, "jobs.0"),
+                          ({"jobs": [{"task": "t", "priority": -1}]}, "jobs.0.priority"),
+                          ({"on_complete": {"task": "t", "args": {}}}, "on_complete.args"), ({"size": 3}, "size")]:
+        response = client.post("/batches", json={**good, **change})
+        assert response.status_code == 422 and response.json()["fields"][0]["field"] == field, (change, response.text)
+    assert count_jobs(db) == before
+
+
+def test_batches_are_checked_against_the_served_app_and_run(serve: Callable[..., Live], tokens: dict[str, str],
+                                                            app: App) -> None:
+    done: list[int] = []
+
+    @app.task(name="rows.load", queue="rows")
+    def load(row: int) -> int:
+        return row * 10
+
+    @app.task(name="rows.report", queue="rows")
+    def report(batch_id: int) -> None:
+        done.append(batch_id)
+
+    @app.task(name="rows.bare", queue="rows")
+    def bare() -> None: ...
+
+    web = serve(app=app)
+    with as_scope(web, tokens, "enqueue") as http:
+        for body, field in [({"jobs": [{"task": "rows.load", "args": [1]}, {"task": "rows.gone"}]}, "jobs.1.task"),
+                            ({"jobs": [{"task": "rows.load", "kwargs": {"page": 1}}]}, "jobs.0.args"),
+                            ({"jobs": [{"task": "rows.load", "args": [1]}], "on_complete": {"task": "rows.bare"}},
+                             "on_complete.args")]:  # the callback is given batch_id=
+            response = http.post("/batches", json={"name": "rows", **body})
+            assert response.status_code == 422 and response.json()["fields"][0]["field"] == field, body
+        created = http.post("/batches", json={"name": "rows", "jobs": [{"task": "rows.load", "args": [n]}
+                                                                        for n in range(5)],
+                                              "on_complete": {"task": "rows.report"}}).json()
+        with testing.running_worker(app, queues=["rows"], concurrency=4):
+            wait_for(lambda: done == [created["id"]], message="the batch's callback")
+    with as_scope(web, tokens, "read") as http:
+        info = http.get(f"/batches/{created['id']}").json()
+        assert (info["done"], info["progress"], info["counts"]) == (True, 1.0, {"succeeded": 5})
+    assert app.job(created["job_ids"][0]).state is JobState.SUCCEEDED

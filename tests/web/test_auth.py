@@ -21,6 +21,10 @@ PATH_VALUES = {"job_id": "1", "worker_id": str(uuid.uuid4()), "rule_id": "1", "q
                "batch_id": "1"}
 
 
+# The writes an enqueue-scoped token may make; every other one needs admin.
+ENQUEUE_SCOPE = {("POST", "/jobs"), ("POST", "/batches")}
+
+
 def operations(web: Live) -> list[tuple[str, str]]:
     spec = httpx.get(web.url + "/openapi.json").json()
     out = []
@@ -52,7 +56,7 @@ def test_every_change_of_state_needs_its_scope(web: Live, tokens: dict[str, str]
     for scope in (None, "read", "enqueue"):
         with as_scope(web, tokens, scope) as http:
             for method, path in writes:
-                if scope == "enqueue" and (method, path) == ("POST", "/jobs"):
+                if scope == "enqueue" and (method, path) in ENQUEUE_SCOPE:
                     continue
                 response = http.request(method, path, json=body)
                 expected = 401 if scope is None else 403
@@ -64,6 +68,7 @@ def test_every_change_of_state_needs_its_scope(web: Live, tokens: dict[str, str]
             if method == "GET" and path != "/whoami":
                 assert http.get(path).status_code == 403, path
         assert http.post("/jobs", json={"task": "t"}).status_code == 201
+        assert http.post("/batches", json={"name": "b", "jobs": [{"task": "t"}]}).status_code == 201
     with as_scope(web, tokens, "read") as http:
         assert http.get("/jobs").status_code == 200
         assert http.get("/whoami").json() == {"scopes": ["read"], "anonymous": False}

@@ -20,6 +20,7 @@ from tests.web.conftest import Live
 
 CHROMIUM = os.environ.get("PGQUEUE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
+NO_TIME = "\u2013"  # what the dashboard shows for no time (an en dash)
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 
@@ -115,3 +116,24 @@ def test_jobs_detail_and_worker_concurrency_from_the_page(
         wait_for(lambda: worker.config.concurrency == 5, timeout=10, message="the worker to apply concurrency 5")
         expect(page.locator(f'#workers tr[data-worker="{worker.id}"]')).to_contain_text("/ 5")
         page.screenshot(path=str(ARTIFACTS / "workers.png"), full_page=True)
+
+
+def test_schedules_panel_shows_ticks_and_pauses(browser: BrowserContext, web: Live, tokens: dict[str, str],
+                                                app: App) -> None:
+    with httpx.Client(base_url=web.url + "/api/v1", headers={"Authorization": f"Bearer {tokens['admin']}"}) as api:
+        api.post("/schedules", json={"name": "nightly-report", "cron": "0 3 * * *", "task": "t.report",
+                                     "timezone": "Europe/Paris", "missed": "all"})
+        page = browser.new_page()
+        sign_in(page, web, tokens["admin"])
+        page.click('nav a[data-tab="schedules"]')
+        row = page.locator('#schedules tr[data-schedule="nightly-report"]')
+        expect(row).to_contain_text("0 3 * * *")
+        expect(row).to_contain_text("Europe/Paris")
+        expect(row).to_contain_text("run every one")
+        expect(row.locator('td[data-field="state"]')).to_have_text("active")
+        expect(row.locator('td[data-field="next"]')).not_to_have_text(NO_TIME)  # a time is shown
+        page.screenshot(path=str(ARTIFACTS / "schedules.png"), full_page=True)
+        row.locator("button[data-pause-schedule]").click()
+        expect(row.locator('td[data-field="state"]')).to_have_text("paused")
+        expect(row.locator('td[data-field="next"]')).to_have_text(NO_TIME)
+        assert api.get("/schedules").json()[0]["paused"] is True

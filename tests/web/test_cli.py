@@ -11,13 +11,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from subprocess import CompletedProcess
+from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from pgqueue.once.relay import LEADER_LOCK
 from tests.acceptance.conftest import run_cli
 from tests.acceptance.test_cli import assert_one_line_error
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.web.conftest import Live
 
 Cli = Callable[..., CompletedProcess[str]]
@@ -68,9 +71,16 @@ def served(dsn: str) -> Iterator[Callable[..., tuple[subprocess.Popen[str], str]
         proc.communicate()  # waits, and closes its pipes
 
 
+def relay_leaders(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("""SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                        AND (classid::bigint << 32 | objid::bigint) = %s""", (LEADER_LOCK,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_serve_runs_one_process_and_stops_cleanly(served: Callable[..., tuple[subprocess.Popen[str], str]],
-                                                  app: object) -> None:
-    proc, url = served("--local-read", "--public-metrics")
+                                                  app: object, db: psycopg.Connection[Any]) -> None:
+    proc, url = served("--local-read", "--public-metrics", "--relay")
+    wait_for(lambda: relay_leaders(db) == 1, timeout=10, message="the relay of --relay to lead")
     assert httpx.get(url + "/openapi.json").json()["info"]["title"] == "pgqueue"
     assert "<title>pgqueue</title>" in httpx.get(url + "/").text
     assert "pgqueue API" in httpx.get(url + "/docs").text

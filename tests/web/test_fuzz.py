@@ -4,6 +4,7 @@ invalid request a 4xx; and a refused request writes nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime
 from typing import Any
@@ -11,10 +12,10 @@ from typing import Any
 import psycopg
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
 from pgqueue.web.access import Settings
-from pgqueue.web.server import create_app
+from pgqueue.web.server import body_limit, create_app
 from tests.web.conftest import Live
 
 # Examples per operation and mode: enough to hit every field's edges, small enough for the time budget.
@@ -58,7 +59,14 @@ def test_api_conforms_to_its_openapi_document(case: Any, web: Live, tokens: dict
                                                db: psycopg.Connection[Any]) -> None:
     before = written(db)
     excluded = [positive_data_acceptance] if (case.method, case.path) in NOT_EXPRESSIBLE else []
+    # A body over the server's size limit is refused with 413 before it is parsed, whatever else is wrong
+    # with it; schemathesis does not count 413 as a rejection, so that case is checked here instead.
+    oversized = case.body is not None and len(json.dumps(case.body, default=str)) > body_limit(Settings(dsn=""))
+    if oversized:
+        excluded.append(negative_data_rejection)
     response = case.call_and_validate(base_url=web.url, headers={"Authorization": f"Bearer {tokens['admin']}"},
                                       excluded_checks=excluded)
+    if oversized:
+        assert response.status_code == 413, (case.method, case.path, response.status_code)
     if 400 <= response.status_code < 500:
         assert written(db) == before, (case.method, case.path, response.status_code)

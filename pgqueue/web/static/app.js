@@ -321,6 +321,24 @@ function renderWorkers(workers) {
     || `<tr><td colspan="11" class="empty">No live worker. Start one: <code>pgqueue work myproject.tasks:app</code></td></tr>`;
 }
 
+// -- schedules ----------------------------------------------------------------------------------------------------
+
+const MISSED = { once: "run the latest once", all: "run every one", skip: "skip" };
+
+async function loadSchedules() {
+  const schedules = await act(api("/schedules"));
+  if (!schedules) return;
+  $("#schedules tbody").innerHTML = schedules.map((s) => `<tr data-schedule="${esc(s.name)}">
+    <td><strong>${esc(s.name)}</strong></td><td><code>${esc(s.cron)}</code></td><td>${esc(s.timezone)}</td>
+    <td>${esc(s.task)}</td><td>${esc(s.queue)}</td>
+    <td data-field="next">${s.paused ? "–" : time(s.next_tick_at)}</td><td>${time(s.last_tick_at)}</td>
+    <td title="${esc(s.missed)}">${esc(MISSED[s.missed] || s.missed)}</td>
+    <td data-field="state">${badge(s.paused ? "paused" : "active")}</td><td>${s.source === "code" ? "code" : "API / CLI"}</td>
+    <td class="admin-only">${s.paused ? `<button class="small" data-resume-schedule="${esc(s.name)}">Resume</button>`
+      : `<button class="small" data-pause-schedule="${esc(s.name)}">Pause</button>`}</td></tr>`).join("")
+    || `<tr><td colspan="11" class="empty">No schedules. Declare one with <code>@app.periodic(cron=...)</code> or <code>pgqueue cron add</code>.</td></tr>`;
+}
+
 // -- alerts -------------------------------------------------------------------------------------------------------
 
 async function loadAlerts() {
@@ -337,7 +355,8 @@ async function loadAlerts() {
   if (events) {
     $("#alert-events tbody").innerHTML = events.map((e) => `<tr><td>${time(e.created_at)}</td><td>${esc(e.rule_name)}</td>
       <td>${badge(e.status)}</td><td>${esc(e.message)}</td>
-      <td title="${esc(e.last_error || "")}">${badge(e.delivery)} ${e.attempts} tr${e.attempts === 1 ? "y" : "ies"}</td></tr>`).join("")
+      <td title="${esc(e.last_error || "")}">${badge(e.delivery)}${e.attempts == null ? ""
+        : ` ${e.attempts} tr${e.attempts === 1 ? "y" : "ies"}`}</td></tr>`).join("")
       || `<tr><td colspan="5" class="empty">Nothing has fired.</td></tr>`;
   }
 }
@@ -353,6 +372,7 @@ function showTab() {
   if (tab === "jobs") loadJobs(false);
   if (tab === "dead") loadDead(false);
   if (tab === "alerts") loadAlerts();
+  if (tab === "schedules") loadSchedules();
   if (tab === "overview") loadCharts();
 }
 
@@ -434,6 +454,13 @@ function wire() {
       await act(api(`/workers/${d.drain}/drain`, { method: "POST" }), "Drain requested");
     }
   });
+  $("#schedules").addEventListener("click", async (event) => {
+    const pause = event.target.dataset.pauseSchedule, resume = event.target.dataset.resumeSchedule;
+    const name = pause || resume;
+    if (!name) return;
+    if (await act(api(`/schedules/${encodeURIComponent(name)}/${pause ? "pause" : "resume"}`, { method: "POST" }),
+      `${pause ? "Paused" : "Resumed"} ${name}`)) loadSchedules();
+  });
   $("#rule-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const form = new FormData(event.target);
@@ -457,7 +484,11 @@ async function start() {
   if (!(await whoami())) askToken();
   showTab();
   listen();
-  setInterval(() => { if (currentTab() === "overview") loadCharts(); if (currentTab() === "alerts") loadAlerts(); }, 10000);
+  setInterval(() => {
+    if (currentTab() === "overview") loadCharts();
+    if (currentTab() === "alerts") loadAlerts();
+    if (currentTab() === "schedules") loadSchedules();
+  }, 10000);
 }
 
 start();
