@@ -101,6 +101,21 @@ def run_jobs(app: App, *, queue: str | None = None, conn: psycopg.Connection[Any
     return ran
 
 
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """End a loop as ``asyncio.run`` does: cancel the tasks left, let them finish (their ``finally`` blocks
+    close connections), close async generators, then close it. A bare ``loop.close()`` would leave them to the
+    garbage collector, which closes connections late and warns about each."""
+    try:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+
+
 @contextmanager
 def running_worker(app: App, *, timeout: float = 30.0, **config: Any) -> Iterator[Worker]:
     """A real worker on a background thread for the ``with`` block; stopped (drained) when it ends::
@@ -122,7 +137,7 @@ def running_worker(app: App, *, timeout: float = 30.0, **config: Any) -> Iterato
             failure.append(err)
             worker.ready.set()
         finally:
-            loop.close()
+            _close_loop(loop)
 
     thread = threading.Thread(target=target, name="pgqueue-test-worker", daemon=True)
     thread.start()

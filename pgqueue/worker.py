@@ -238,21 +238,23 @@ class Worker:
         # Up to two per slot: a transactional handler's own transaction plus one idempotent block inside it.
         self._handler_connections = HandlerConnections(dsn, max_size=2 * cfg.concurrency)
         self.relay = Relay(self.app, cfg.relay if isinstance(cfg.relay, RelayConfig) else None) if cfg.relay else None
-        await self._register()
-        await asyncio.to_thread(self.app.sync_schedules)
-        background = [
-            asyncio.create_task(self.notifier.run(), name="pgqueue-notifier"),
-            asyncio.create_task(self._completer.run(), name="pgqueue-completer"),
-            asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
-            asyncio.create_task(self.maintenance.run(self._stopping), name="pgqueue-maintenance"),
-        ]
-        if self.relay is not None:
-            background.append(asyncio.create_task(self.relay.run(self._stopping), name="pgqueue-relay"))
-        log.info("worker %s started: queues=%s concurrency=%d lease=%ss", self.id,
-                 ",".join(cfg.queues) if cfg.queues else "*", cfg.concurrency, cfg.lease)
-        self.started.set()
-        self.ready.set()
+        background: list[asyncio.Task[Any]] = []
+        # From the first statement on, every way out (a failed start, a cancel, a stop) closes what was opened.
         try:
+            await self._register()
+            await asyncio.to_thread(self.app.sync_schedules)
+            background += [
+                asyncio.create_task(self.notifier.run(), name="pgqueue-notifier"),
+                asyncio.create_task(self._completer.run(), name="pgqueue-completer"),
+                asyncio.create_task(self._heartbeat_loop(), name="pgqueue-heartbeat"),
+                asyncio.create_task(self.maintenance.run(self._stopping), name="pgqueue-maintenance"),
+            ]
+            if self.relay is not None:
+                background.append(asyncio.create_task(self.relay.run(self._stopping), name="pgqueue-relay"))
+            log.info("worker %s started: queues=%s concurrency=%d lease=%ss", self.id,
+                     ",".join(cfg.queues) if cfg.queues else "*", cfg.concurrency, cfg.lease)
+            self.started.set()
+            self.ready.set()
             await self._produce()
             await self._drain()
         finally:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,30 @@ from pgqueue import App, embedded
 from pgqueue.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name_leaked_connections() -> None:
+    """A connection dropped unclosed warns when the garbage collector finds it, often tests later, and the
+    warning (an error here) says nothing of where it came from. Keep each connection's birthplace and print it
+    beside the warning, so a leak names its owner in the failing test's captured stderr."""
+    base = psycopg.BaseConnection
+    born_init, born_del = base.__init__, base.__del__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        born_init(self, *args, **kwargs)
+        self._pgqueue_test_born = traceback.extract_stack(limit=16)[:-1]
+
+    def delete(self: Any, *args: Any) -> None:
+        if hasattr(self, "pgconn") and not self.closed and not hasattr(self, "_pool"):
+            where = "".join(traceback.format_list(getattr(self, "_pgqueue_test_born", [])))
+            print(f"leaked connection {object.__repr__(self)} was opened at:\n{where}", file=sys.stderr)
+        born_del(self, *args)
+
+    base.__init__ = init  # type: ignore[method-assign]
+    base.__del__ = delete  # type: ignore[method-assign]
+
+
+_name_leaked_connections()
 
 
 @pytest.fixture(scope="session")

@@ -175,10 +175,12 @@ class Relay:
                     continue  # there may be more waiting
                 await self._sleep(work, watcher)
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-            await self._drain(work)
-            await work.close()
+            try:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                await self._drain(work)
+            finally:
+                await work.close()  # even when cancelled while draining: never leave the connection open
         if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
             raise watcher.exception()  # type: ignore[misc]
 

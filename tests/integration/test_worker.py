@@ -13,8 +13,10 @@ import psycopg
 import pytest
 
 from pgqueue import App, Context, Fatal, JobState, Retry
+from pgqueue.errors import DatabaseUnavailable
 from pgqueue.queries import q
 from pgqueue.testing import running_worker
+from pgqueue.worker import Worker, WorkerConfig
 from tests.conftest import wait_for
 
 FAST = {"poll_interval": 0.5, "promote_interval": 0.05}
@@ -461,3 +463,28 @@ def test_prefetched_jobs_go_back_at_once_when_the_worker_drains(app: App, db: ps
         gate.set()
         wait_for(lambda: state_of(app, jobs[0].id) is JobState.SUCCEEDED)  # leaving the block stops it again
     assert [state_of(app, j.id) for j in jobs] == [JobState.SUCCEEDED] + [JobState.QUEUED] * 3
+
+
+def _open_connections(db: psycopg.Connection[Any], application_name: str) -> int:
+    row = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                     (application_name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_worker_that_fails_to_start_closes_what_it_opened(dsn: str, db: psycopg.Connection[Any],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """It registered (opening its heartbeat connection), then its start failed: nothing may stay open.
+    The error is kept alive on purpose: a leaked connection referenced from its traceback stays open."""
+    name = f"pgqueue-start-{uuid.uuid4().hex[:8]}"
+    app = App(dsn=psycopg.conninfo.make_conninfo(dsn, application_name=name))
+    try:
+        def failing_sync() -> None:
+            raise DatabaseUnavailable("injected: the schedules could not be written")
+
+        monkeypatch.setattr(app, "sync_schedules", failing_sync)
+        with pytest.raises(DatabaseUnavailable) as failure:
+            asyncio.run(Worker(app, WorkerConfig(**FAST)).run())
+        assert "injected" in str(failure.value)
+        assert _open_connections(db, name) == 0
+    finally:
+        app.close()

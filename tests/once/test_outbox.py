@@ -282,3 +282,29 @@ def test_publish_in_a_transactional_handler_is_delivered_once_it_commits(app: Ap
     with running_worker(app, **FAST):
         wait_for(lambda: len(receiver.received()) == 1)
     assert receiver.received()[0].payload == {"order": 9} and app.job(job.id).result is None
+
+
+def test_stopping_lets_an_in_flight_delivery_finish_and_closes_the_relay(dsn: str, receiver: Receiver) -> None:
+    """The worker stops while a webhook is on the wire: the relay gets its drain time (the message ends
+    delivered, once), and every connection the worker and relay opened is closed when the worker returns."""
+    name = f"pgqueue-relay-{time.monotonic_ns() % 10**8}"
+    app = App(dsn=psycopg.conninfo.make_conninfo(dsn, application_name=name))
+    try:
+        def slow(arrival: Arrival) -> int:
+            time.sleep(1.0)
+            return 200
+
+        receiver.status = slow
+        app.sink("orders.*", HttpSink(receiver.url))
+        published = app.publish("orders.paid", {"order": 1})
+        with running_worker(app, **FAST):
+            wait_for(lambda: len(receiver.received()) == 1, timeout=10)
+        assert app.outbox_message(published.id).state == "delivered"
+        assert len(receiver.received()) == 1
+        app.close()
+        with psycopg.connect(dsn, autocommit=True) as db:
+            row = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                             (name,)).fetchone()
+        assert row is not None and row[0] == 0
+    finally:
+        app.close()
