@@ -26,7 +26,7 @@ import psycopg
 
 from pgqueue.errors import ValidationError
 from pgqueue.job import Job
-from pgqueue.task import Call
+from pgqueue.task import Call, EnqueueOptions
 
 if TYPE_CHECKING:
     from pgqueue.app import App
@@ -143,11 +143,16 @@ def create_batch(app: App, name: str, calls: Sequence[Call], *, on_complete: Cal
         by_task: dict[int, list[int]] = {}
         for i, call in enumerate(calls):
             by_task.setdefault(id(call.task), []).append(i)
+        # Calls that shared an options object still share one once tagged: enqueue_many works out the parameters
+        # of each distinct options object once, and a copy per call would make that once per job.
+        tagged_options: dict[int, EnqueueOptions] = {}
+        for call in calls:
+            if id(call.options) not in tagged_options:
+                tagged_options[id(call.options)] = dataclasses.replace(call.options, batch_id=batch_id)
         for positions in by_task.values():
             task = calls[positions[0]].task
             assert task is not None
-            tagged = [dataclasses.replace(calls[i], options=dataclasses.replace(calls[i].options, batch_id=batch_id))
-                      for i in positions]
+            tagged = [dataclasses.replace(calls[i], options=tagged_options[id(calls[i].options)]) for i in positions]
             for i, job in zip(positions, task.enqueue_many(tagged, conn=tx), strict=True):
                 placed[i] = job
         jobs = [job for job in placed if job is not None]
