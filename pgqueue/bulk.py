@@ -2,8 +2,9 @@
 
 COPY takes rows as text with no per-row statement work, several times faster than an INSERT of unnested
 arrays. It cannot return what it wrote, so the ids are taken from the sequence first and written explicitly,
-both in one transaction (the caller's, or one of our own), with that transaction's now() as created_at and
-scheduled_for. The insert trigger sees the COPY like any INSERT: one wake-up per queue.
+both in one transaction (the caller's, or one of our own). created_at and scheduled_for are left to their
+column defaults, that transaction's now(). The insert trigger sees the COPY like any INSERT: one wake-up per
+queue.
 """
 
 from __future__ import annotations
@@ -38,21 +39,21 @@ def copy_jobs(conn: psycopg.Connection[Any], params: Sequence[dict[str, Any]]
         with conn.transaction() if needs_own_transaction(conn) else contextlib.nullcontext():
             row = conn.execute(q("job_ids_take"), {"n": len(params)}).fetchone()
             assert row is not None
-            ids, now, now_text = row
+            ids, now = row
             with conn.cursor().copy(q("job_copy_in")) as copy:
-                for chunk in _lines(ids, now_text, params):
+                for chunk in _lines(ids, params):
                     copy.write(chunk)
     except psycopg.Error as err:
         raise from_psycopg(err) from err
     return [(id_, "queued", now, now) for id_ in ids]
 
 
-def _lines(ids: Sequence[int], now: str, params: Sequence[dict[str, Any]]) -> Iterator[str]:
+def _lines(ids: Sequence[int], params: Sequence[dict[str, Any]]) -> Iterator[str]:
     lines: list[str] = []
     for id_, p in zip(ids, params, strict=True):
         lines.append("\t".join((
-            str(id_), p["queue"], p["task"], _text(p["args"]), _text(p["kwargs"]), str(p["priority"]), "queued",
-            str(p["max_attempts"]), now, now, _nullable(p["group_key"]), _nullable(p["batch_id"]),
+            str(id_), p["queue"], p["task"], _text(p["args"]), _text(p["kwargs"]), str(p["priority"]),
+            str(p["max_attempts"]), _nullable(p["group_key"]), _nullable(p["batch_id"]),
         )))
         if len(lines) == _CHUNK:
             yield "\n".join(lines) + "\n"
