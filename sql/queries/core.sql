@@ -72,7 +72,8 @@ RETURNING id, state, scheduled_for, created_at;
 -- planner keeps walking jobs_claim_any_idx in order; the equivalent `queue <> ALL (ARRAY(...))` made it sort
 -- every queued job (about 8x slower at 20,000 queued). The first, uncorrelated NOT EXISTS runs once per claim:
 -- with no controlled queue at all (the usual case) no row is probed, and otherwise the planner hashes the few
--- controlled names once instead of probing the queues index per row. About 2 µs of server time per job.
+-- controlled names once instead of probing the queues index per row (a claim of 100 reads about 100 fewer
+-- buffers).
 WITH picked AS (
     SELECT id FROM pgqueue.jobs
     WHERE state = 'queued'
