@@ -453,7 +453,7 @@ def main() -> None:
     results = Results()
     with psycopg.connect(args.dsn, autocommit=True) as conn:
         row = conn.execute("SELECT current_setting('server_version'), current_setting('synchronous_commit'),"
-                           " current_setting('shared_buffers')").fetchone()
+                           " current_setting('shared_buffers'), current_setting('autovacuum')").fetchone()
         assert row is not None
     with databases(args.dsn, [s for s in systems if s.missing is None]):
         run_all(systems, sizes, results, only)
@@ -465,7 +465,7 @@ def main() -> None:
     meta = {"started": started.isoformat(timespec="seconds"), "seconds": round(elapsed),
             "mode": "quick" if args.quick else "full", "runs": sizes.runs, "sizes": sizes.__dict__,
             "machine": machine(), "postgresql": {"version": row[0], "synchronous_commit": row[1],
-                                                 "shared_buffers": row[2]},
+                                                 "shared_buffers": row[2], "autovacuum": row[3]},
             "load_before": load_before, "load_after": loadavg(), "errors": results.errors,
             "all_runs": results.values, "raw": results.raw}
     (out / "latest-meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")

@@ -172,6 +172,9 @@ def work(
                         ] = 0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     relay: Annotated[bool, typer.Option("--relay", help="Also deliver the outbox (see `pgqueue relay`).")] = False,
+    vacuum_after: Annotated[int, typer.Option(min=0, help="Dead rows in pgqueue.jobs (plus 5% of the live ones) "
+                                              "after which a worker vacuums it; 0 leaves it to autovacuum.")
+                            ] = 20_000,
 ) -> None:
     """Run a worker process: claim jobs, run them, until SIGTERM/SIGINT (twice to force)."""
     level = getattr(logging, log_level.upper(), None)
@@ -181,7 +184,8 @@ def work(
     app = load_app(app_path)
     config = WorkerConfig(queues=queue, concurrency=concurrency, lease=lease, heartbeat=heartbeat,
                           poll_interval=poll_interval, drain_timeout=drain_timeout,
-                          promote_interval=promote_interval, prefetch=prefetch, relay=relay)
+                          promote_interval=promote_interval, prefetch=prefetch, relay=relay,
+                          vacuum_after=vacuum_after)
     worker = Worker(app, config)
 
     async def main() -> None:

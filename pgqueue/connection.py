@@ -142,6 +142,27 @@ class DedicatedConnection:
                     await self.close()
                 raise from_psycopg(err) from err
 
+    async def run_session_locked(self, lock_key: int, statement: str) -> bool:
+        """Run ``statement`` outside any transaction (VACUUM cannot run in one) while holding session advisory
+        lock ``lock_key``; False if another session holds it. A session that dies frees its lock."""
+        async with self._lock:
+            conn = await self.get()
+            try:
+                cur = await conn.execute(q("session_try_lock"), {"key": lock_key})
+                row = await cur.fetchone()
+                if not row or not row[0]:
+                    return False
+                try:
+                    await conn.execute(statement)
+                finally:
+                    if not conn.broken:
+                        await conn.execute(q("session_unlock"), {"key": lock_key})
+                return True
+            except psycopg.Error as err:
+                if conn.broken or isinstance(err, psycopg.OperationalError):
+                    await self.close()
+                raise from_psycopg(err) from err
+
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:

@@ -1,5 +1,5 @@
 """Maintenance sweeps that every worker runs: promote due jobs, reclaim expired leases, forget dead workers,
-prune old finished jobs.
+prune old finished jobs, vacuum the live table once claims have left enough dead rows in it.
 
 There is no leader to elect. Each sweep runs in a transaction that first takes a sweep-specific advisory lock
 with ``pg_try_advisory_xact_lock``: one worker does a sweep while the others skip it, and if that worker dies
@@ -31,8 +31,14 @@ LOCK_WORKERS = 0x70677175_00000003
 LOCK_PRUNE = 0x70677175_00000004
 LOCK_CRON = 0x70677175_00000005
 LOCK_AGING = 0x70677175_00000006
+LOCK_VACUUM = 0x70677175_00000007
 
 SWEEP_LIMIT = 1000
+
+# The live-table vacuum is due once this share of the live rows, on top of vacuum_after, has died since the
+# last one (autovacuum's formula: a fixed threshold plus a scale factor). A deep backlog makes each vacuum
+# cost more (it reads every index), so it waits for proportionally more dead rows.
+VACUUM_SCALE = 0.05
 
 
 @dataclass
@@ -47,6 +53,8 @@ class MaintenanceConfig:
     schedules: list[str] = field(default_factory=list)  # names of the app's @app.periodic schedules
     cron_interval: float = 1.0
     aging_interval: float = 5.0
+    vacuum_after: int = 20_000  # dead row versions in pgqueue.jobs that make a vacuum due; 0: never
+    vacuum_interval: float = 0.5
 
 
 class Maintenance:
@@ -55,6 +63,9 @@ class Maintenance:
         self._config = config
         self.reclaimed = 0
         self.promoted = 0
+        self.vacuums = 0
+        self._vacuum_allowed: bool | None = None
+        self._dead_baseline = 0
 
     async def promote(self) -> float:
         """Queue due scheduled jobs; returns seconds until the next one is due (capped by the interval)."""
@@ -126,6 +137,35 @@ class Maintenance:
                     break
         return total
 
+    async def vacuum(self) -> bool:
+        """Vacuum pgqueue.jobs if enough row versions died since the last vacuum (why: live_table_vacuum).
+        Returns whether this worker vacuumed."""
+        if not self._config.vacuum_after or self._vacuum_allowed is False:
+            return False
+        rows = await self._conn.fetch(q("live_table_dead"))
+        dead, live = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+        # Dead rows a vacuum could not remove (an old snapshot still sees them) stay counted; the baseline keeps
+        # them from making every check start a vacuum that cannot help. It follows the count down when anyone
+        # else (another worker, autovacuum) vacuums.
+        self._dead_baseline = min(self._dead_baseline, dead)
+        if dead - self._dead_baseline < self._config.vacuum_after + VACUUM_SCALE * live:
+            return False
+        if self._vacuum_allowed is None:
+            rows = await self._conn.fetch(q("live_table_may_vacuum"))
+            self._vacuum_allowed = bool(rows and rows[0][0])
+            if not self._vacuum_allowed:
+                log.info("this login may not VACUUM pgqueue.jobs (only its owner may); leaving it to autovacuum")
+                return False
+        started = time.monotonic()
+        if not await self._conn.run_session_locked(LOCK_VACUUM, q("live_table_vacuum")):
+            return False  # another worker is at it
+        rows = await self._conn.fetch(q("live_table_dead"))
+        self._dead_baseline = int(rows[0][0]) if rows else 0
+        self.vacuums += 1
+        log.debug("vacuumed pgqueue.jobs in %.3f s; %d dead row versions remain", time.monotonic() - started,
+                  self._dead_baseline)
+        return True
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Run every sweep on its own cadence until ``stopping`` is set."""
         cfg = self._config
@@ -136,6 +176,7 @@ class Maintenance:
             (self.prune, cfg.prune_interval, cfg.prune_interval / 10),
             (self.tick_schedules, cfg.cron_interval, 0.0),
             (self.age_priorities, cfg.aging_interval, 0.0),
+            (self.vacuum, cfg.vacuum_interval, cfg.vacuum_interval),
         ]
         start = time.monotonic()
         due = [start + first for _, _, first in sweeps]

@@ -68,6 +68,9 @@ class WorkerConfig:
     ``prefetch``: jobs claimed beyond the free slots and held, leased, until a slot frees (0: none). A handler
     that returns starts the next job at once instead of after a claim's round trip, which pays for short jobs
     and fast I/O; held jobs wait for this worker even when another is idle, so keep it at 0 for long jobs.
+    ``vacuum_after``: once this many row versions of ``pgqueue.jobs`` (plus 5% of its live rows) have died
+    since the last vacuum, one worker vacuums it, so claims stop reading the dead index entries that claimed
+    jobs leave where every claim starts (0: leave it to autovacuum; needs the table owner's rights).
     """
 
     queues: list[str] | None = None
@@ -81,6 +84,7 @@ class WorkerConfig:
     claim_batch: int | None = None
     prefetch: int = 0
     relay: bool | RelayConfig = False  # also run the outbox relay (one delivers at a time, whoever runs them)
+    vacuum_after: int = 20_000
 
     def __post_init__(self) -> None:
         if self.queues is not None:
@@ -105,6 +109,8 @@ class WorkerConfig:
             raise ValidationError(f"prefetch must not be negative, got {self.prefetch}")
         if self.claim_batch is not None and self.claim_batch < 1:
             raise ValidationError(f"claim_batch must be at least 1, got {self.claim_batch}")
+        if self.vacuum_after < 0:
+            raise ValidationError(f"vacuum_after must not be negative (0 turns it off), got {self.vacuum_after}")
 
     @property
     def batch(self) -> int:
@@ -232,6 +238,7 @@ class Worker:
             promote_interval=cfg.promote_interval, reap_interval=float(cfg.reap_interval or cfg.lease),
             stale_worker_after=max(cfg.lease * 3, 60.0), retention=self.app.retention,
             dead_retention=self.app.dead_retention, schedules=sorted(self.app.schedules),
+            vacuum_after=cfg.vacuum_after,
         ))
         self.notifier = Notifier(dsn, self._on_notify)
         self._threads = _HandlerThreads(cfg.concurrency)

@@ -457,6 +457,39 @@ SELECT state, count(*) FROM pgqueue.finished_jobs WHERE id = ANY(%(ids)s::bigint
 -- transaction-local idle timeout has the server end such a transaction, which frees the lock.
 SELECT pg_try_advisory_xact_lock(%(key)s::bigint), set_config('idle_in_transaction_session_timeout', '5s', true);
 
+-- name: session_try_lock
+-- For work that cannot run in a transaction (VACUUM), so maintenance_try_lock's transaction lock cannot guard
+-- it: a session lock, given back right after. A worker that dies gives it back with its session.
+SELECT pg_try_advisory_lock(%(key)s::bigint);
+
+-- name: session_unlock
+SELECT pg_advisory_unlock(%(key)s::bigint);
+
+-- name: live_table_dead
+-- Dead and live row versions in pgqueue.jobs, from the statistics every backend reports (about once a
+-- second): what the worker's vacuum of the live table goes by.
+SELECT pg_stat_get_dead_tuples('pgqueue.jobs'::regclass), pg_stat_get_live_tuples('pgqueue.jobs'::regclass);
+
+-- name: live_table_may_vacuum
+-- Whether this login may VACUUM pgqueue.jobs: a member of its owner or of the database's owner (superusers
+-- are members of every role), or from PostgreSQL 17 a holder of MAINTAIN. Others would get a warning and no
+-- vacuum, so they do not try.
+SELECT pg_has_role(c.relowner, 'USAGE')
+       OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')
+       OR CASE WHEN current_setting('server_version_num')::int >= 170000
+               THEN has_table_privilege(c.oid, 'MAINTAIN') ELSE false END
+FROM pg_class AS c WHERE c.oid = 'pgqueue.jobs'::regclass;
+
+-- name: live_table_vacuum
+-- Every claim reads the claim index from its head, where the entries of the jobs claimed before it lie. They
+-- are dead, but only VACUUM takes them out of the index (new entries go in at the other end, so the page
+-- splits that clear dead entries never reach them): without it each claim of 100 reads one more index page
+-- per 200 jobs claimed since the last vacuum. Autovacuum looks at a database once a minute by default, which
+-- at thousands of jobs a second is far too seldom. INDEX_CLEANUP ON, because the default may skip the
+-- indexes when few heap pages hold dead rows, which is the usual case here. SKIP_LOCKED: if another worker
+-- (or autovacuum) is already vacuuming the table, there is nothing to do.
+VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) pgqueue.jobs;
+
 -- name: notify_listen
 LISTEN pgqueue_jobs; LISTEN pgqueue_control;
 

@@ -91,6 +91,7 @@ def test_dead_letter_commands(cli: Cli, app: App, db: psycopg.Connection[Any]) -
     (["work", "tests.acceptance.apps"], ["module:attribute"]),
     (["work", "tests.acceptance.apps:app", "--concurrency", "0"], ["concurrency"]),
     (["work", "tests.acceptance.apps:app", "--lease", "1", "--heartbeat", "5"], ["heartbeat"]),
+    (["work", "tests.acceptance.apps:app", "--vacuum-after", "-1"], ["vacuum-after"]),
     (["prune", "--older-than", "soon"], ["invalid duration"]),
     (["prune", "--state", "running"], ["finished states"]),
 ])

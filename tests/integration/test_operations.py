@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from pgqueue import App, JobState, testing
 from pgqueue.connection import DedicatedConnection
@@ -105,3 +108,108 @@ def test_run_jobs_leaves_retries_scheduled(app: App) -> None:
     (ran,) = testing.run_jobs(app)
     assert ran.state is JobState.SCHEDULED and ran.errors[0].error_type == "ValueError"
     assert testing.enqueued(app, flaky)[0].id == ran.id
+
+
+def _vacuums(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'pgqueue.jobs'::regclass").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _dead(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT pg_stat_get_dead_tuples('pgqueue.jobs'::regclass)").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _claim_scan_buffers(db: psycopg.Connection[Any]) -> int:
+    """Buffers the claim's index scan reads to find that no job is queued."""
+    row = db.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT id FROM pgqueue.jobs WHERE state = 'queued' "
+                     "ORDER BY priority DESC, scheduled_for, id LIMIT 100").fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    return int(plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0))
+
+
+def _leave_dead_rows(db: psycopg.Connection[Any], n: int) -> None:
+    """n dead row versions in pgqueue.jobs, reported to the statistics the vacuum check reads."""
+    db.execute("INSERT INTO pgqueue.jobs (task) SELECT 'gone' FROM generate_series(1, %s)", (n,))
+    db.execute("DELETE FROM pgqueue.jobs WHERE task = 'gone'")
+    db.execute("SELECT pg_stat_force_next_flush()")
+    db.execute("SELECT 1")
+    wait_for(lambda: _dead(db) >= n, message="the dead rows to reach the statistics")
+
+
+def test_a_worker_vacuums_the_live_table_once_claims_leave_enough_dead_rows(app: App,
+                                                                             db: psycopg.Connection[Any]) -> None:
+    @app.task
+    def noop(i: int) -> None:
+        pass
+
+    before = _vacuums(db)
+    noop.enqueue_many([[i] for i in range(3000)])
+    with testing.running_worker(app, concurrency=20, vacuum_after=1000) as worker:
+        wait_for(lambda: not db.execute("SELECT 1 FROM pgqueue.jobs LIMIT 1").fetchone(), message="the drain")
+        wait_for(lambda: worker.maintenance.vacuums >= 1, message="the worker's vacuum")
+    assert _vacuums(db) > before
+
+
+def test_the_vacuum_waits_for_its_threshold_and_skips_rows_it_cannot_remove(app: App, dsn: str,
+                                                                            db: psycopg.Connection[Any]) -> None:
+    async def vacuum(**config: Any) -> bool:
+        maintenance, conn = _maintenance(app.dsn, **config)
+        try:
+            return await maintenance.vacuum()
+        finally:
+            await conn.close()
+
+    _leave_dead_rows(db, 2000)
+    before = _vacuums(db)
+    assert not asyncio.run(vacuum(vacuum_after=0))  # off
+    assert not asyncio.run(vacuum(vacuum_after=5000))  # below the threshold
+    assert _vacuums(db) == before
+    # What the vacuum is for: the dead jobs' entries at the head of the claim index, read by every claim.
+    assert _claim_scan_buffers(db) >= 8
+    assert asyncio.run(vacuum(vacuum_after=1000))
+    assert _vacuums(db) == before + 1
+    assert _claim_scan_buffers(db) <= 2
+
+    # An open snapshot keeps rows that die after it from being removed; one vacuum finds that out, and the
+    # next check does not start another while no new rows have died.
+    with psycopg.connect(dsn) as old:
+        old.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        old.execute("SELECT count(*) FROM pgqueue.jobs")
+        _leave_dead_rows(db, 2000)
+
+        async def twice() -> tuple[bool, bool]:
+            maintenance, conn = _maintenance(app.dsn, vacuum_after=1000)
+            try:
+                return await maintenance.vacuum(), await maintenance.vacuum()
+            finally:
+                await conn.close()
+
+        assert asyncio.run(twice()) == (True, False)
+        assert _dead(db) >= 2000
+    assert _vacuums(db) == before + 2
+
+
+def test_a_login_that_may_not_vacuum_the_live_table_leaves_it_to_autovacuum(app: App,
+                                                                            db: psycopg.Connection[Any]) -> None:
+    role = f"pgq_novacuum_{uuid.uuid4().hex[:12]}"
+    db.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    try:
+        db.execute(sql.SQL("GRANT USAGE ON SCHEMA pgqueue TO {}").format(sql.Identifier(role)))
+        _leave_dead_rows(db, 2000)
+        before = _vacuums(db)
+
+        async def vacuum() -> tuple[bool, bool | None]:
+            # The server's superuser connects and becomes the role, as a login granted only that role would be.
+            maintenance, conn = _maintenance(make_conninfo(app.dsn, options=f"-c role={role}"), vacuum_after=1000)
+            try:
+                return await maintenance.vacuum(), maintenance._vacuum_allowed
+            finally:
+                await conn.close()
+
+        assert asyncio.run(vacuum()) == (False, False)
+        assert _vacuums(db) == before
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -102,3 +102,11 @@ def test_claim_batch_defaults_to_half_the_slots_and_refuses_nonsense() -> None:
     assert WorkerConfig(concurrency=10, claim_batch=7).batch == 7
     with pytest.raises(ValidationError, match="claim_batch must be at least 1"):
         WorkerConfig(claim_batch=0)
+
+
+def test_vacuum_after_refuses_a_negative_count() -> None:
+    from pgqueue import WorkerConfig
+
+    assert WorkerConfig(vacuum_after=0).vacuum_after == 0  # off
+    with pytest.raises(ValidationError, match="vacuum_after must not be negative"):
+        WorkerConfig(vacuum_after=-1)
