@@ -39,6 +39,7 @@ SWEEP_LIMIT = 1000
 # last one (autovacuum's formula: a fixed threshold plus a scale factor). A deep backlog makes each vacuum
 # cost more (it reads every index), so it waits for proportionally more dead rows.
 VACUUM_SCALE = 0.05
+_UNSEEN = object()  # the live table's last vacuum time, before the first look
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Maintenance:
         self.vacuums = 0
         self._vacuum_allowed: bool | None = None
         self._dead_baseline = 0
+        self._last_vacuum_seen: object = _UNSEEN
 
     async def promote(self) -> float:
         """Queue due scheduled jobs; returns seconds until the next one is due (capped by the interval)."""
@@ -142,12 +144,7 @@ class Maintenance:
         Returns whether this worker vacuumed."""
         if not self._config.vacuum_after or self._vacuum_allowed is False:
             return False
-        rows = await self._conn.fetch(q("live_table_dead"))
-        dead, live = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
-        # Dead rows a vacuum could not remove (an old snapshot still sees them) stay counted; the baseline keeps
-        # them from making every check start a vacuum that cannot help. It follows the count down when anyone
-        # else (another worker, autovacuum) vacuums.
-        self._dead_baseline = min(self._dead_baseline, dead)
+        dead, live = await self._dead_rows()
         if dead - self._dead_baseline < self._config.vacuum_after + VACUUM_SCALE * live:
             return False
         if self._vacuum_allowed is None:
@@ -159,12 +156,26 @@ class Maintenance:
         started = time.monotonic()
         if not await self._conn.run_session_locked(LOCK_VACUUM, q("live_table_vacuum")):
             return False  # another worker is at it
-        rows = await self._conn.fetch(q("live_table_dead"))
-        self._dead_baseline = int(rows[0][0]) if rows else 0
+        await self._dead_rows(after_own_vacuum=True)
         self.vacuums += 1
         log.debug("vacuumed pgqueue.jobs in %.3f s; %d dead row versions remain", time.monotonic() - started,
                   self._dead_baseline)
         return True
+
+    async def _dead_rows(self, *, after_own_vacuum: bool = False) -> tuple[int, int]:
+        """Dead and live row versions of pgqueue.jobs, keeping the baseline that dead is counted from.
+
+        Dead rows a vacuum could not remove (an old snapshot still sees them) stay counted, so the count is
+        taken from what the latest vacuum left: otherwise every check would start another vacuum that cannot
+        help. When anyone (another worker, autovacuum) has vacuumed since the last look, the count now is
+        that baseline. The first look only notes the time: rows already dead when the worker starts count.
+        """
+        rows = await self._conn.fetch(q("live_table_dead"))
+        dead, live, last = (int(rows[0][0]), int(rows[0][1]), rows[0][2]) if rows else (0, 0, None)
+        vacuumed = self._last_vacuum_seen is not _UNSEEN and last != self._last_vacuum_seen
+        self._dead_baseline = dead if vacuumed or after_own_vacuum else min(self._dead_baseline, dead)
+        self._last_vacuum_seen = last
+        return dead, live
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Run every sweep on its own cadence until ``stopping`` is set."""

@@ -467,8 +467,10 @@ SELECT pg_advisory_unlock(%(key)s::bigint);
 
 -- name: live_table_dead
 -- Dead and live row versions in pgqueue.jobs, from the statistics every backend reports (about once a
--- second): what the worker's vacuum of the live table goes by.
-SELECT pg_stat_get_dead_tuples('pgqueue.jobs'::regclass), pg_stat_get_live_tuples('pgqueue.jobs'::regclass);
+-- second), and when anyone last vacuumed it: what the worker's vacuum of the live table goes by.
+SELECT pg_stat_get_dead_tuples(t.oid), pg_stat_get_live_tuples(t.oid),
+       greatest(pg_stat_get_last_vacuum_time(t.oid), pg_stat_get_last_autovacuum_time(t.oid))
+FROM (SELECT 'pgqueue.jobs'::regclass::oid AS oid) AS t;
 
 -- name: live_table_may_vacuum
 -- Whether this login may VACUUM pgqueue.jobs: a member of its owner or of the database's owner (superusers

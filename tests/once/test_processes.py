@@ -152,7 +152,9 @@ def test_an_interrupted_idempotent_block_runs_again_a_completed_one_never(
     deadline = time.monotonic() + 60
     while not all(app.job(j.id).state is JobState.SUCCEEDED for j in jobs):
         assert time.monotonic() < deadline, processes.output()[-3000:]
-        keep_alive(processes, "work", 1, "--concurrency", "2", "--lease", "0.6", "--heartbeat", "0.2")
+        # One job at a time: a process that dies for one job must not also take down the other one between
+        # its block's "done" and the commit that stores the result, which rightly makes that block run again.
+        keep_alive(processes, "work", 1, "--concurrency", "1", "--lease", "0.6", "--heartbeat", "0.2")
         time.sleep(0.05)
     lines = processes.log_lines()
     for job, order in zip(jobs, (101, 102), strict=True):
