@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -112,56 +113,50 @@ class DedicatedConnection:
             log.debug("%s connection opened", self._role)
         return self._conn
 
-    async def fetch(self, query: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run one statement (autocommit) and return its rows."""
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The connection, for one use at a time. A failure comes out as a pgqueue error; one that broke the
+        connection (or lost the server) also drops it, so the next use connects afresh."""
         async with self._lock:
             conn = await self.get()
             try:
-                cur = await conn.execute(query, params)
-                return await cur.fetchall() if has_rows(cur) else []
+                yield conn
             except psycopg.Error as err:
                 if conn.broken or isinstance(err, psycopg.OperationalError):
                     await self.close()
                 raise from_psycopg(err) from err
+
+    async def fetch(self, query: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement (autocommit) and return its rows."""
+        async with self._using() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if has_rows(cur) else []
 
     async def fetch_locked(self, lock_key: int, query: str, params: dict[str, Any] | None = None
                            ) -> list[tuple[Any, ...]] | None:
         """Run ``query`` in a transaction holding advisory lock ``lock_key``; None if another holds it."""
-        async with self._lock:
-            conn = await self.get()
-            try:
-                async with conn.transaction():
-                    cur = await conn.execute(q("maintenance_try_lock"), {"key": lock_key})
-                    row = await cur.fetchone()
-                    if not row or not row[0]:
-                        return None
-                    cur = await conn.execute(query, params)
-                    return await cur.fetchall() if has_rows(cur) else []
-            except psycopg.Error as err:
-                if conn.broken or isinstance(err, psycopg.OperationalError):
-                    await self.close()
-                raise from_psycopg(err) from err
+        async with self._using() as conn, conn.transaction():
+            cur = await conn.execute(q("maintenance_try_lock"), {"key": lock_key})
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return None
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if has_rows(cur) else []
 
     async def run_session_locked(self, lock_key: int, statement: str) -> bool:
         """Run ``statement`` outside any transaction (VACUUM cannot run in one) while holding session advisory
         lock ``lock_key``; False if another session holds it. A session that dies frees its lock."""
-        async with self._lock:
-            conn = await self.get()
+        async with self._using() as conn:
+            cur = await conn.execute(q("session_try_lock"), {"key": lock_key})
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return False
             try:
-                cur = await conn.execute(q("session_try_lock"), {"key": lock_key})
-                row = await cur.fetchone()
-                if not row or not row[0]:
-                    return False
-                try:
-                    await conn.execute(statement)
-                finally:
-                    if not conn.broken:
-                        await conn.execute(q("session_unlock"), {"key": lock_key})
-                return True
-            except psycopg.Error as err:
-                if conn.broken or isinstance(err, psycopg.OperationalError):
-                    await self.close()
-                raise from_psycopg(err) from err
+                await conn.execute(statement)
+            finally:
+                if not conn.broken:
+                    await conn.execute(q("session_unlock"), {"key": lock_key})
+            return True
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
