@@ -144,7 +144,7 @@ class Maintenance:
         Returns whether this worker vacuumed."""
         if not self._config.vacuum_after or self._vacuum_allowed is False:
             return False
-        dead, live = await self._dead_rows()
+        dead, live, manual_before = await self._dead_rows()
         if dead - self._dead_baseline < self._config.vacuum_after + VACUUM_SCALE * live:
             return False
         if self._vacuum_allowed is None:
@@ -156,14 +156,20 @@ class Maintenance:
         started = time.monotonic()
         if not await self._conn.run_session_locked(LOCK_VACUUM, q("live_table_vacuum")):
             return False  # another worker is at it
-        await self._dead_rows(after_own_vacuum=True)
+        # Dead rows are counted afresh from here even if SKIP_LOCKED skipped the table (another vacuum, an index
+        # build holds it): retrying at every check would only fill the server's log with "skipping" warnings.
+        _, _, manual_after = await self._dead_rows(after_own_vacuum=True)
+        if manual_after == manual_before:
+            log.debug("VACUUM skipped pgqueue.jobs: another session holds a lock that conflicts with it")
+            return False
         self.vacuums += 1
         log.debug("vacuumed pgqueue.jobs in %.3f s; %d dead row versions remain", time.monotonic() - started,
                   self._dead_baseline)
         return True
 
-    async def _dead_rows(self, *, after_own_vacuum: bool = False) -> tuple[int, int]:
-        """Dead and live row versions of pgqueue.jobs, keeping the baseline that dead is counted from.
+    async def _dead_rows(self, *, after_own_vacuum: bool = False) -> tuple[int, int, int]:
+        """Dead and live row versions of pgqueue.jobs, and how many manual vacuums it has had, keeping the
+        baseline that dead is counted from.
 
         Dead rows a vacuum could not remove (an old snapshot still sees them) stay counted, so the count is
         taken from what the latest vacuum left: otherwise every check would start another vacuum that cannot
@@ -171,11 +177,12 @@ class Maintenance:
         that baseline. The first look only notes the time: rows already dead when the worker starts count.
         """
         rows = await self._conn.fetch(q("live_table_dead"))
-        dead, live, last = (int(rows[0][0]), int(rows[0][1]), rows[0][2]) if rows else (0, 0, None)
+        dead, live, last, manual = (int(rows[0][0]), int(rows[0][1]), rows[0][2], int(rows[0][3])) if rows \
+            else (0, 0, None, 0)
         vacuumed = self._last_vacuum_seen is not _UNSEEN and last != self._last_vacuum_seen
         self._dead_baseline = dead if vacuumed or after_own_vacuum else min(self._dead_baseline, dead)
         self._last_vacuum_seen = last
-        return dead, live
+        return dead, live, manual
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Run every sweep on its own cadence until ``stopping`` is set."""

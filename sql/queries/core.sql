@@ -1,5 +1,12 @@
 -- Core named queries: enqueue, claim, complete, fail, leases, maintenance, reads. Loaded by pgqueue.queries.
 -- Time always comes from the database (now()); workers' clocks are never compared with anything.
+--
+-- `state = 'running' COLLATE "C"` in the statements that fence writes by job id: the same test (states are
+-- ASCII, and equality under any deterministic collation is byte equality), but no partial index of running
+-- jobs can be proven to match it, so the planner must find the rows by primary key, one probe per id. Written
+-- plainly, the planner may read every running job of every worker through jobs_running_queue_idx instead (it
+-- does whenever the statistics were gathered while few jobs ran): a completion of 100, or one failure, then
+-- costs as much as the whole fleet's running jobs (5,100 rows read for 1 with 5,000 running elsewhere).
 
 -- name: job_insert
 INSERT INTO pgqueue.jobs (queue, task, args, kwargs, priority, state, max_attempts, scheduled_for, group_key,
@@ -130,7 +137,7 @@ WITH input AS (
 ), done AS (
     DELETE FROM pgqueue.jobs AS j
     USING input AS i
-    WHERE j.id = i.id AND j.attempt = i.attempt AND j.worker_id = %(worker_id)s AND j.state = 'running'
+    WHERE j.id = i.id AND j.attempt = i.attempt AND j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C"
     RETURNING j.*, i.result
 )
 INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
@@ -149,7 +156,7 @@ WITH j AS (
     SET state = CASE WHEN %(delay)s::float8 > 0 THEN 'scheduled' ELSE 'queued' END,
         scheduled_for = now() + make_interval(secs => %(delay)s::float8),
         worker_id = NULL, lease_expires_at = NULL
-    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running'
+    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running' COLLATE "C"
     RETURNING id, attempt, task, queue, started_at, scheduled_for
 ), e AS (
     INSERT INTO pgqueue.job_errors (job_id, attempt, task, queue, worker_id, kind, error_type, message,
@@ -164,7 +171,7 @@ SELECT id, scheduled_for FROM j;
 -- A failed attempt that ends the job: record the error and move it to the dead letters.
 WITH d AS (
     DELETE FROM pgqueue.jobs
-    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running'
+    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running' COLLATE "C"
     RETURNING *
 ), e AS (
     INSERT INTO pgqueue.job_errors (job_id, attempt, task, queue, worker_id, kind, error_type, message,
@@ -186,7 +193,7 @@ RETURNING id;
 -- Progress reported since the last flush, for jobs this worker still holds.
 UPDATE pgqueue.jobs AS j SET progress = p.progress, progress_message = p.message
 FROM unnest(%(progress_ids)s::bigint[], %(progress)s::real[], %(progress_messages)s::text[]) AS p(id, progress, message)
-WHERE j.id = p.id AND j.worker_id = %(worker_id)s AND j.state = 'running';
+WHERE j.id = p.id AND j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C";
 
 -- name: job_release
 -- Graceful shutdown: hand unfinished jobs back to the queue at once. The interrupted attempt is not counted
@@ -194,7 +201,7 @@ WHERE j.id = p.id AND j.worker_id = %(worker_id)s AND j.state = 'running';
 WITH r AS (
     UPDATE pgqueue.jobs
     SET state = 'queued', attempt = attempt - 1, worker_id = NULL, lease_expires_at = NULL, started_at = NULL
-    WHERE worker_id = %(worker_id)s AND state = 'running' AND id = ANY(%(ids)s::bigint[])
+    WHERE worker_id = %(worker_id)s AND state = 'running' COLLATE "C" AND id = ANY(%(ids)s::bigint[])
     RETURNING id, queue
 )
 SELECT r.queue, count(*), pg_notify('pgqueue_jobs', r.queue) FROM r GROUP BY r.queue;
@@ -214,7 +221,7 @@ WITH progress AS (
     SET lease_expires_at = now() + make_interval(secs => %(lease)s),
         progress = coalesce((SELECT p.progress FROM progress AS p WHERE p.id = j.id), j.progress),
         progress_message = coalesce((SELECT p.message FROM progress AS p WHERE p.id = j.id), j.progress_message)
-    WHERE j.worker_id = %(worker_id)s AND j.state = 'running' AND j.id = ANY(%(ids)s::bigint[])
+    WHERE j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C" AND j.id = ANY(%(ids)s::bigint[])
     RETURNING j.id, j.cancel_requested
 ), w AS (
     UPDATE pgqueue.workers
@@ -343,7 +350,7 @@ RETURNING id;
 -- Ask the worker running a job to stop it: the flag is read at heartbeat, and the notification tells the
 -- worker at once. The handler sees ctx.cancelled (or, if async, a CancelledError) and the job ends cancelled.
 WITH r AS (
-    UPDATE pgqueue.jobs SET cancel_requested = true WHERE id = %(id)s AND state = 'running' RETURNING id
+    UPDATE pgqueue.jobs SET cancel_requested = true WHERE id = %(id)s AND state = 'running' COLLATE "C" RETURNING id
 )
 SELECT id, pg_notify('pgqueue_control', 'cancel:' || id) FROM r;
 
@@ -351,7 +358,7 @@ SELECT id, pg_notify('pgqueue_control', 'cancel:' || id) FROM r;
 -- The worker stopped a job whose cancellation was requested (fenced like every write of an attempt).
 WITH c AS (
     DELETE FROM pgqueue.jobs
-    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running'
+    WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running' COLLATE "C"
     RETURNING *
 )
 INSERT INTO pgqueue.finished_jobs (id, queue, task, args, kwargs, priority, state, attempt, max_attempts,
@@ -467,9 +474,11 @@ SELECT pg_advisory_unlock(%(key)s::bigint);
 
 -- name: live_table_dead
 -- Dead and live row versions in pgqueue.jobs, from the statistics every backend reports (about once a
--- second), and when anyone last vacuumed it: what the worker's vacuum of the live table goes by.
+-- second), when anyone last vacuumed it, and how many manual vacuums it has had (a VACUUM that SKIP_LOCKED
+-- skipped adds none): what the worker's vacuum of the live table goes by.
 SELECT pg_stat_get_dead_tuples(t.oid), pg_stat_get_live_tuples(t.oid),
-       greatest(pg_stat_get_last_vacuum_time(t.oid), pg_stat_get_last_autovacuum_time(t.oid))
+       greatest(pg_stat_get_last_vacuum_time(t.oid), pg_stat_get_last_autovacuum_time(t.oid)),
+       pg_stat_get_vacuum_count(t.oid)
 FROM (SELECT 'pgqueue.jobs'::regclass::oid AS oid) AS t;
 
 -- name: live_table_may_vacuum

@@ -17,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 from pgqueue import App, JobState, testing
 from pgqueue.connection import DedicatedConnection
 from pgqueue.maintenance import Maintenance, MaintenanceConfig
+from pgqueue.queries import q
 from tests.conftest import wait_for
 
 
@@ -186,6 +187,30 @@ def test_the_vacuum_waits_for_its_threshold_and_skips_rows_it_cannot_remove(app:
     assert _vacuums(db) == before + 2
 
 
+def test_a_vacuum_skipped_for_a_lock_is_not_counted_and_not_retried_at_once(app: App, dsn: str,
+                                                                            db: psycopg.Connection[Any]) -> None:
+    async def attempts() -> list[tuple[bool, int]]:
+        maintenance, conn = _maintenance(app.dsn, vacuum_after=1000)
+        try:
+            await maintenance.vacuum()  # the first look only notes the last vacuum's time
+            _leave_dead_rows(db, 2000)
+            seen = []
+            # What autovacuum or CREATE INDEX CONCURRENTLY would hold: VACUUM (SKIP_LOCKED) passes the table by.
+            with psycopg.connect(dsn) as holder:
+                holder.execute("LOCK TABLE pgqueue.jobs IN SHARE UPDATE EXCLUSIVE MODE")
+                seen.append((await maintenance.vacuum(), maintenance.vacuums))
+                seen.append((await maintenance.vacuum(), maintenance.vacuums))
+            _leave_dead_rows(db, 2000)
+            seen.append((await maintenance.vacuum(), maintenance.vacuums))
+            return seen
+        finally:
+            await conn.close()
+
+    before = _vacuums(db)
+    assert asyncio.run(attempts()) == [(False, 0), (False, 0), (True, 1)]
+    assert _vacuums(db) == before + 1
+
+
 def test_a_login_that_may_not_vacuum_the_live_table_leaves_it_to_autovacuum(app: App,
                                                                             db: psycopg.Connection[Any]) -> None:
     role = f"pgq_novacuum_{uuid.uuid4().hex[:12]}"
@@ -202,3 +227,52 @@ def test_a_login_that_may_not_vacuum_the_live_table_leaves_it_to_autovacuum(app:
     finally:
         db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def _rows_examined(plan: Any, table: str) -> int:
+    """Rows the scans of ``table`` in an EXPLAIN ANALYZE JSON plan read: kept plus filtered out, every loop."""
+    if isinstance(plan, list):
+        return sum(_rows_examined(p, table) for p in plan)
+    if not isinstance(plan, dict):
+        return 0
+    own = 0
+    if plan.get("Relation Name") == table and "Scan" in str(plan.get("Node Type")):
+        own = (int(plan.get("Actual Rows", 0)) + int(plan.get("Rows Removed by Filter", 0))) \
+            * int(plan.get("Actual Loops", 1))
+    return own + sum(_rows_examined(v, table) for v in plan.values() if isinstance(v, (list, dict)))
+
+
+def test_writes_fenced_by_job_id_read_those_jobs_only_whatever_else_runs(app: App,
+                                                                         db: psycopg.Connection[Any]) -> None:
+    # Statistics gathered while nothing ran (an idle queue, a bulk load) say no job runs. Then another worker
+    # takes 2,000 of 20,000 queued jobs. Each write one worker makes by job id must still find its jobs by
+    # primary key, never read its way through every running job (what the planner chose, left to itself).
+    db.execute("INSERT INTO pgqueue.jobs (task) SELECT 'work' FROM generate_series(1, 20000)")
+    db.execute("ANALYZE pgqueue.jobs")
+    other, mine = uuid.uuid4(), uuid.uuid4()
+    claim = {"limit": 100, "lease": 600.0}
+    for _ in range(20):
+        assert len(db.execute(q("job_claim_any"), {**claim, "worker_id": other}).fetchall()) == 100
+    held = db.execute(q("job_claim_any"), {**claim, "worker_id": mine}).fetchall()
+    ids, first = [r[0] for r in held], {"id": held[0][0], "attempt": held[0][6], "worker_id": mine}
+    failure = {**first, "kind": "error", "error_type": "E", "message": "m", "traceback": None, "delay": 5.0}
+    batch = {
+        "job_complete_many": {"ids": ids, "attempts": [r[6] for r in held], "results": ["null"] * len(ids),
+                              "worker_id": mine},
+        "job_heartbeat": {"ids": ids, "worker_id": mine, "lease": 30.0, "progress_ids": [], "progress": [],
+                          "progress_messages": [], "jobs_done": 0, "jobs_failed": 0, "state": "running"},
+        "job_progress_update": {"progress_ids": ids, "progress": [0.5] * len(ids),
+                                "progress_messages": ["half"] * len(ids), "worker_id": mine},
+        "job_release": {"ids": ids, "worker_id": mine},
+    }
+    single = {"job_retry": failure, "job_dead": failure, "job_cancelled": first,
+              "job_cancel_running": {"id": first["id"]}}
+    examined = {}
+    for name, params in {**batch, **single}.items():
+        with db.transaction(force_rollback=True):
+            row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + q(name), params).fetchone()
+        assert row is not None
+        examined[name] = _rows_examined(row[0], "jobs")
+    # A probe per id finds the job's versions (its claim left one behind): at most two rows per id named.
+    bound = {**{name: 2 * len(ids) for name in batch}, **{name: 2 for name in single}}
+    assert {name: min(n, bound[name]) for name, n in examined.items()} == examined, (examined, bound)
