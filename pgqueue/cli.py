@@ -170,6 +170,8 @@ def work(
     promote_interval: Annotated[float, typer.Option(help="Max seconds between moves of due delayed jobs.")] = 1.0,
     prefetch: Annotated[int, typer.Option(min=0, help="Jobs claimed ahead of free slots (short jobs; default 0).")
                         ] = 0,
+    claim_batch: Annotated[int | None, typer.Option(min=1, help="Most jobs one claim takes (default: half of "
+                                                    "concurrency + prefetch, at most 100).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     relay: Annotated[bool, typer.Option("--relay", help="Also deliver the outbox (see `pgqueue relay`).")] = False,
     vacuum_after: Annotated[int, typer.Option(min=0, help="Dead rows in pgqueue.jobs (plus 5% of the live ones) "
@@ -184,8 +186,8 @@ def work(
     app = load_app(app_path)
     config = WorkerConfig(queues=queue, concurrency=concurrency, lease=lease, heartbeat=heartbeat,
                           poll_interval=poll_interval, drain_timeout=drain_timeout,
-                          promote_interval=promote_interval, prefetch=prefetch, relay=relay,
-                          vacuum_after=vacuum_after)
+                          promote_interval=promote_interval, prefetch=prefetch, claim_batch=claim_batch,
+                          relay=relay, vacuum_after=vacuum_after)
     worker = Worker(app, config)
 
     async def main() -> None:

@@ -92,6 +92,7 @@ def test_dead_letter_commands(cli: Cli, app: App, db: psycopg.Connection[Any]) -
     (["work", "tests.acceptance.apps:app", "--concurrency", "0"], ["concurrency"]),
     (["work", "tests.acceptance.apps:app", "--lease", "1", "--heartbeat", "5"], ["heartbeat"]),
     (["work", "tests.acceptance.apps:app", "--vacuum-after", "-1"], ["vacuum-after"]),
+    (["work", "tests.acceptance.apps:app", "--claim-batch", "0"], ["claim-batch"]),
     (["prune", "--older-than", "soon"], ["invalid duration"]),
     (["prune", "--state", "running"], ["finished states"]),
 ])

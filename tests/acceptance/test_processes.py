@@ -30,8 +30,8 @@ def test_four_processes_drain_10000_jobs_each_exactly_once(app: App, workers: Wo
                                                            db: psycopg.Connection[Any]) -> None:
     record.app._dsn = app.dsn
     jobs = record.enqueue_many([[i] for i in range(10_000)])
-    for _ in range(4):
-        workers.start("--concurrency", "10")
+    for i in range(4):  # two at the default claim size, two holding jobs ahead with bigger claims
+        workers.start("--concurrency", "10", *(["--prefetch", "20", "--claim-batch", "15"] if i % 2 else []))
     wait_for(lambda: finished(db) == 10_000, timeout=180, interval=0.2, message="10,000 jobs to finish")
     workers.stop_all()
     assert all(p.returncode == 0 for p in workers.procs), workers.output()
