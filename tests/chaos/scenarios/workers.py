@@ -323,8 +323,10 @@ def drain(db: psycopg.Connection[Any], fleet: Fleet, ids: list[int], keep: int, 
 def poison_jobs(run: Run, healthy: int, poison: int) -> None:
     """Jobs that raise, cannot be called, or kill their worker (os._exit), among healthy ones.
 
-    Three rounds of ``healthy`` jobs: alone, among the poison that fails in the handler, and among the poison
-    that kills its worker process (a supervisor starts a new one, as systemd or Kubernetes would).
+    Rounds of ``healthy`` jobs: alone, among the poison that fails in the handler, among the poison that kills
+    its worker process (a supervisor starts a new one, as systemd or Kubernetes would), and alone again. The
+    rounds among poison are compared with the mean of the two alone, so the shared machine's drift over the
+    minute falls on both sides.
     """
     workers = 3
     dsn = run.database()
@@ -358,6 +360,7 @@ def poison_jobs(run: Run, healthy: int, poison: int) -> None:
         every_poison = [j for ids in poison_ids.values() for j in ids]
         drain(db, fleet, every_poison, workers, 60)
         rolled_back = rollbacks(db) - rolled_back
+        healthy_round("alone, after the poison")
         dead = dict(db.execute("SELECT id, attempt FROM pgqueue.finished_jobs WHERE state = 'dead' AND id = ANY(%s)",
                                (every_poison,)).fetchall())
         errors = errors_of(db, every_poison)
@@ -382,8 +385,9 @@ def poison_jobs(run: Run, healthy: int, poison: int) -> None:
     run.check("healthy jobs completed", healthy_states["succeeded"], "==", len(healthy_ids))
     for name, rate in rounds.items():
         run.figure(f"healthy throughput {name}", round(rate), "jobs/s")
-    failing = round(rounds["among failing poison"] / rounds["alone"], 2)
-    crashing = round(rounds["among crashing poison"] / rounds["alone"], 2)
+    alone = (rounds["alone"] + rounds["alone, after the poison"]) / 2
+    failing = round(rounds["among failing poison"] / alone, 2)
+    crashing = round(rounds["among crashing poison"] / alone, 2)
     if run.mode == "full":
         run.check("healthy throughput kept among failing poison", failing, ">=", 0.9, "x")
         run.check("healthy throughput kept among crashing poison", crashing, ">=", 0.7, "x")
