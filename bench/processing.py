@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from measure import ServerCpu, log, now, own_cpu, peak_rss_mb, throughput_result
+from psycopg import sql
 
 # Spawned, not forked: a child starts clean (no inherited connections or event loop), as a real worker does.
 CTX = mp.get_context("spawn")
@@ -155,26 +157,37 @@ def measure_latency(dsn: str, *, samples: int, gap: float, target: WorkerTarget,
 
 def measure_backlog(dsn: str, *, jobs: int, runs: int, reset: Callable[[], None],
                     fill_small: Callable[[int], None], fill_backlog: Callable[[], None],
-                    count: Callable[[], int], target: WorkerTarget, options: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
+                    count: Callable[[], int], target: WorkerTarget, live_table: str,
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Jobs/s of a worker taking ``jobs`` jobs off a deep backlog, as a ratio to taking them off a queue that
-    holds only them. Alternates nothing: the small-queue runs go first, then the backlog is built once (it is
-    slow to build) and the same number of runs takes slices off it."""
-    small, big = [], []
-    for _ in range(runs):
-        reset()
-        fill_small(jobs)
-        small.append(measure_processing(dsn, procs=1, expected=jobs, max_seconds=120, target=target,
-                                        remaining=count, options=options)["value"])
+    holds only them. The backlog is slow to build, so it is built once, between small-queue runs before and
+    after it (the machine's drift over those minutes falls on both sides); the same number of runs takes slices
+    off it. Before each timed run the system's ``live_table`` is vacuumed (what the slice before it left dead is
+    not what is measured: autovacuum is off on some servers) and a checkpoint writes out what the load left."""
+    def timed(remaining: Callable[[], int]) -> float:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(*live_table.split("."))))
+            conn.execute("CHECKPOINT")
+        return float(measure_processing(dsn, procs=1, expected=jobs, max_seconds=120, target=target,
+                                        remaining=remaining, options=options)["value"])
+
+    def small_runs() -> list[float]:
+        rates = []
+        for _ in range(runs):
+            reset()
+            fill_small(jobs)
+            rates.append(timed(count))
+        return rates
+
+    small, big = small_runs(), []
     reset()
     started = time.monotonic()
     fill_backlog()
     log(f"bench: backlog built in {time.monotonic() - started:.0f}s")
     for _ in range(runs):
         base = count()
-        big.append(measure_processing(dsn, procs=1, expected=jobs, max_seconds=120, target=target,
-                                      remaining=lambda base=base: max(0, count() - (base - jobs)),  # type: ignore[misc]
-                                      options=options)["value"])
+        big.append(timed(lambda base=base: max(0, count() - (base - jobs))))  # type: ignore[misc]
+    small += small_runs()
     reset()
     small_rate, big_rate = sorted(small)[len(small) // 2], sorted(big)[len(big) // 2]
     return {"value": big_rate / small_rate, "empty_queue_jobs_s": small_rate, "backlog_jobs_s": big_rate,

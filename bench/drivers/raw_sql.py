@@ -129,6 +129,7 @@ def backlog(dsn: str, jobs: int, queued: int, finished: int, runs: int) -> dict[
 
     return measure_backlog(dsn, jobs=jobs, runs=runs, reset=lambda: reset(dsn), fill_small=fill_small,
                            fill_backlog=fill_backlog, count=lambda: remaining(dsn), target=worker_process,
+                           live_table="raw_jobs",
                            options={"conns": 2})
 
 
