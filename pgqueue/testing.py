@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 
 from pgqueue.app import App
-from pgqueue.errors import ValidationError
+from pgqueue.errors import PgQueueError, ValidationError
 from pgqueue.executor import ClaimedJob, execute
 from pgqueue.job import Job, JobState
 from pgqueue.once.connections import GivenConnection
@@ -152,3 +152,20 @@ def running_worker(app: App, *, timeout: float = 30.0, **config: Any) -> Iterato
         thread.join(timeout)
         if failure:
             raise failure[0]
+        if thread.is_alive():
+            # Left running, it would keep heartbeating into the tests that follow and hold locks against them.
+            raise PgQueueError(f"the worker did not stop within {timeout:g} s of the with block ending; still "
+                               f"waiting in: {_where_stuck(loop)}")
+
+
+def _where_stuck(loop: asyncio.AbstractEventLoop) -> str:
+    """The unfinished tasks of a worker's loop and the line each waits at, for the error above."""
+    where = []
+    for task in asyncio.all_tasks(loop):
+        awaiting: Any = task.get_coro()
+        line = "?"
+        while awaiting is not None and getattr(awaiting, "cr_frame", None) is not None:
+            line = f"{awaiting.cr_code.co_name}:{awaiting.cr_frame.f_lineno}"
+            awaiting = awaiting.cr_await  # follow the awaits down to the one waiting
+        where.append(f"{task.get_name()} at {line}")
+    return ", ".join(sorted(where)) or "no task (a handler thread?)"

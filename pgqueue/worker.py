@@ -193,6 +193,7 @@ class Worker:
         self._wake: asyncio.Event
         self._stopping: asyncio.Event
         self._forced: asyncio.Event
+        self._leaving: asyncio.Event
         self._slot_free: asyncio.Event
         self.started: asyncio.Event | None = None
         # Set (from the worker's loop) once it claims; lets other threads wait for it, as tests do.
@@ -220,6 +221,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
+        self._leaving = asyncio.Event()
         self._slot_free = asyncio.Event()
         self.started = self.started or asyncio.Event()
         if self._stop_requests:
@@ -506,7 +508,10 @@ class Worker:
                                on_beat=lambda beat: loop.call_soon_threadsafe(beats.put_nowait, beat))
         renewer.start()
         try:
-            while True:
+            # Ends on ``_leaving``, not on the cancel alone: before Python 3.12, a cancel that arrives as the
+            # queue hands over a beat is swallowed by wait_for, and this loop (and its renewer) would outlive
+            # the worker, heartbeating its row back in as "draining" for ever.
+            while not self._leaving.is_set():
                 renewer.alive()
                 try:
                     beat = await asyncio.wait_for(beats.get(), timeout=PROGRESS_FLUSH)
@@ -631,6 +636,7 @@ class Worker:
             log.error("could not hand back jobs %s (%s); they return when their lease expires", ids, err)
 
     async def _leave(self, background: list[asyncio.Task[Any]], conns: list[DedicatedConnection]) -> None:
+        self._leaving.set()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)

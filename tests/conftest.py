@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -117,6 +118,21 @@ def app(dsn: str) -> Iterator[App]:
     application = App(dsn=dsn)
     yield application
     application.close()
+
+
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test() -> Iterator[None]:
+    """A worker thread or lease renewer still running after its test would heartbeat into the tests after it
+    (and hold locks against their TRUNCATE): fail the test that left it, not a later one."""
+    yield
+    deadline = time.monotonic() + 2.0
+    while (left := sorted(t.name for t in threading.enumerate() if t.name in _WORKER_THREADS)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"threads left running by this test: {left}"
+
+
+_WORKER_THREADS = {"pgqueue-test-worker", "pgqueue-heartbeat"}
 
 
 @pytest.fixture

@@ -465,6 +465,16 @@ def test_prefetched_jobs_go_back_at_once_when_the_worker_drains(app: App, db: ps
     assert [state_of(app, j.id) for j in jobs] == [JobState.SUCCEEDED] + [JobState.QUEUED] * 3
 
 
+def test_a_worker_stopped_as_a_renewal_arrives_still_leaves(app: App, db: psycopg.Connection[Any]) -> None:
+    """Before Python 3.12, a cancel that meets a finished wait_for is swallowed: the heartbeat loop, stopped as a
+    renewal's answer came in, looped on with its renewer, and the worker never left (its row kept coming back
+    as "draining"). Renewals every millisecond make that meeting likely; it hung within 30 stops before."""
+    for _ in range(150):
+        with running_worker(app, lease=1.0, heartbeat=0.001, timeout=5):
+            pass
+    assert db.execute("SELECT count(*) FROM pgqueue.workers").fetchone() == (0,)
+
+
 def _open_connections(db: psycopg.Connection[Any], application_name: str) -> int:
     row = db.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                      (application_name,)).fetchone()
