@@ -408,16 +408,17 @@ class App(Effects):
         if all(p["run_at"] is None and not p["delay"] for p in rows_params):
             # Due now, the usual bulk load: COPY (see pgqueue.bulk). Later jobs go through INSERT, where the
             # database clock decides whether they are due.
+            def made(i: int, id_: int, now: datetime) -> Job:
+                return self._inserted(rows_params[i], calls[i].args, calls[i].kwargs, (id_, "queued", now, now))
+
             if conn is not None:
-                rows = copy_jobs(conn, rows_params)
-            else:
-                with self.connection() as pooled:
-                    rows = copy_jobs(pooled, rows_params)
-        else:
-            columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "delay", "max_attempts",
-                       "group_key", "batch_id")
-            params = {col: [p[col] for p in rows_params] for col in columns}
-            rows = sorted(self._fetch("job_insert_many", params, conn))
+                return copy_jobs(conn, rows_params, made)
+            with self.connection() as pooled:
+                return copy_jobs(pooled, rows_params, made)
+        columns = ("queue", "task", "args", "kwargs", "priority", "run_at", "delay", "max_attempts",
+                   "group_key", "batch_id")
+        params = {col: [p[col] for p in rows_params] for col in columns}
+        rows = sorted(self._fetch("job_insert_many", params, conn))
         return [self._inserted(p, c.args, c.kwargs, row) for p, c, row in zip(rows_params, calls, rows, strict=True)]
 
     def _many_params(self, task: Task[Any, Any], calls: list[Call]) -> list[dict[str, Any]]:

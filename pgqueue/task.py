@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from pgqueue.bulk import collector_paused
 from pgqueue.errors import ConfigurationError, ValidationError
 from pgqueue.job import Job
 from pgqueue.once.context import HandlerEffects
@@ -288,7 +289,8 @@ class Task(Generic[P, R]):
 
         Each item is ``task.call(...)``, a mapping of keyword arguments, or a sequence of positional ones.
         """
-        return self.app._enqueue_many(self, [self._as_call(c) for c in calls], conn)
+        with collector_paused():
+            return self.app._enqueue_many(self, [self._as_call(c) for c in calls], conn)
 
     def _as_call(self, item: Call | Mapping[str, Any] | Sequence[Any]) -> Call:
         if isinstance(item, Call):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import itertools
 from datetime import datetime, timedelta, timezone
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 from pgqueue import App, JobState, ValidationError
+from pgqueue.bulk import _CHUNK
 from pgqueue.task import Call, EnqueueOptions, _Shape
 
 # Text that means something to COPY's text format, or to JSON, or to both.
@@ -48,6 +50,47 @@ def test_bulk_group_keys_and_options_survive_copy(app: App, db: psycopg.Connecti
     assert {(r[3], r[4], r[5], r[6]) for r in rows} == {(4, "q1", "queued", True)}
     read = app.job(jobs[7].id)
     assert (read.created_at, read.scheduled_for) == (jobs[7].created_at, jobs[7].scheduled_for)
+
+
+def test_bulk_across_chunks_returns_each_job_as_written(app: App, db: psycopg.Connection[Any]) -> None:
+    """Rows go in chunks and each chunk's Jobs are built while the server inserts it: across chunk edges
+    the returned jobs still match the stored rows one for one."""
+    @app.task(queue="chunked")
+    def work(n: int, tag: str = "") -> None: ...
+
+    n = 2 * _CHUNK + 7
+    jobs = work.enqueue_many([work.call(i, tag=f"t{i}") for i in range(n)])
+    rows = db.execute("SELECT id, args->>0, kwargs->>'tag', created_at FROM pgqueue.jobs ORDER BY id").fetchall()
+    assert [(j.id, str(j.args[0]), j.kwargs["tag"], j.created_at) for j in jobs] == \
+        [(r[0], r[1], r[2], r[3]) for r in rows]
+    assert [j.args[0] for j in jobs] == list(range(n))
+
+
+def test_bulk_pauses_the_garbage_collector_and_restores_it(app: App) -> None:
+    """20,000 jobs make 80,000 tracked objects: without the pause, over a hundred collections would walk
+    them. The collector is on again afterwards, and an application that turned it off keeps it off."""
+    @app.task()
+    def work(n: int) -> None: ...
+
+    calls = [[i] for i in range(20_000)]  # made before counting: these lists alone start collections
+    collections: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        work.enqueue_many(calls)
+        assert len(collections) <= 1 and gc.isenabled()  # at most the one due once it is back on (200 before)
+        gc.disable()
+        try:
+            work.enqueue_many([[i] for i in range(10)])
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        gc.callbacks.remove(seen)
 
 
 def test_bulk_in_the_callers_transaction(app: App, dsn: str, db: psycopg.Connection[Any]) -> None:
