@@ -29,7 +29,7 @@ from pgqueue.job import JobState, from_json
 from pgqueue.once import cli as once_cli
 from pgqueue.roles import roles_command
 from pgqueue.web import cli as web_cli
-from pgqueue.worker import Worker, WorkerConfig
+from pgqueue.worker import Worker, WorkerConfig, prepare_worker_process
 
 cli = typer.Typer(
     name="pgqueue", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -189,6 +189,7 @@ def work(
                           promote_interval=promote_interval, prefetch=prefetch, claim_batch=claim_batch,
                           relay=relay, vacuum_after=vacuum_after)
     worker = Worker(app, config)
+    prepare_worker_process()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -32,6 +32,7 @@ from processing import Probe, Shared, measure_backlog, measure_latency, measure_
 from pgqueue import App, Worker, WorkerConfig
 from pgqueue.migrate import migrate
 from pgqueue.queries import q
+from pgqueue.worker import prepare_worker_process
 
 SQL = named("pgqueue")
 
@@ -84,6 +85,7 @@ def bulk_enqueue(dsn: str, task: str, n: int, chunk: int = 50_000) -> None:
 def worker_process(dsn: str, shared: Shared, slot: int, options: dict[str, Any]) -> None:
     probe = Probe(shared, slot)
     app = make_app(dsn, probe, sleep=options.get("sleep", 0.0))
+    prepare_worker_process()  # as `pgqueue work` does once the app is imported
     # The same 100 slots as the peers; claims of the default size (half the slots).
     worker = Worker(app, WorkerConfig(concurrency=options.get("concurrency", 100),
                                       claim_batch=options.get("claim_batch"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -30,6 +31,12 @@ def sleep(ctx: Context, seconds: float) -> float:
     time.sleep(seconds)
     _log(f"end {ctx.job_id} {ctx.attempt}")
     return seconds
+
+
+@app.task(name="t.collector")
+def collector() -> list[int]:
+    """The worker process's garbage collector settings: young threshold, objects frozen at start-up."""
+    return [gc.get_threshold()[0], gc.get_freeze_count()]
 
 
 @app.task(name="t.tick")

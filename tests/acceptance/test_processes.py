@@ -11,7 +11,8 @@ import psycopg
 
 from pgqueue import App, JobState
 from pgqueue.queries import q
-from tests.acceptance.apps import record, sleep
+from pgqueue.worker import GC_YOUNG_THRESHOLD
+from tests.acceptance.apps import collector, record, sleep
 from tests.acceptance.conftest import Workers
 from tests.conftest import wait_for
 
@@ -67,6 +68,18 @@ def test_sigkilled_workers_jobs_run_again_after_the_lease(app: App, workers: Wor
     late = db.execute(q("job_complete_many"), {"ids": [j.id for j in jobs], "attempts": [1] * 6,
                                                "results": ['"late"'] * 6, "worker_id": victim_id}).fetchall()
     assert late == [] and all(app.job(j.id).result == 1.0 for j in jobs)
+
+
+def test_the_worker_process_sets_its_garbage_collector_up(app: App, workers: Workers) -> None:
+    """`pgqueue work` freezes what start-up made and spaces young collections out (see
+    prepare_worker_process); the test process itself keeps Python's defaults."""
+    collector.app._dsn = app.dsn
+    job = collector.enqueue()
+    workers.start("--concurrency", "1")
+    wait_for(lambda: app.job(job.id).state is JobState.SUCCEEDED, message="the job to run")
+    threshold, frozen = app.job(job.id).result
+    assert threshold == GC_YOUNG_THRESHOLD and frozen > 1000, (threshold, frozen)
+    workers.stop_all()
 
 
 def test_sigterm_drains_then_hands_unfinished_jobs_back_at_once(app: App, workers: Workers,
