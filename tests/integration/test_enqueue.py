@@ -77,6 +77,29 @@ def test_enqueue_many_is_one_statement_with_one_notification_per_queue(app: App,
     assert payloads == ["bulk", "bulk2"]
 
 
+def test_wake_ups_one_per_queue_per_transaction_and_none_when_turned_off(app: App, dsn: str) -> None:
+    """A 5,000-row insert into two queues wakes each queue once; `SET pgqueue.notify = off` sends nothing from
+    that session (a bulk load leaves the jobs to the workers' next look); a single SQL enqueue notifies."""
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgqueue_jobs")
+
+        def heard() -> list[str]:
+            select.select([listener.fileno()], [], [], 1)
+            return sorted(n.payload for n in listener.notifies(timeout=0.3))
+
+        bulk = ("INSERT INTO pgqueue.jobs (queue, task, args, kwargs) SELECT CASE WHEN i <= 2500 THEN 'one' "
+                "ELSE 'two' END, 't', '[]', '{}' FROM generate_series(1, 5000) AS i")
+        conn.execute(bulk)
+        assert heard() == ["one", "two"]
+        conn.execute("SET pgqueue.notify = off")
+        conn.execute(bulk)
+        conn.execute("SELECT pgqueue.enqueue('t', queue => 'three')")
+        assert heard() == []
+        conn.execute("RESET pgqueue.notify")
+        conn.execute("SELECT pgqueue.enqueue('t', queue => 'three')")
+        assert heard() == ["three"]
+
+
 def test_delayed_and_future_jobs_are_scheduled(app: App, db: psycopg.Connection[Any]) -> None:
     @app.task()
     def later() -> None: ...
