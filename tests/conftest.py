@@ -120,6 +120,10 @@ def app(dsn: str) -> Iterator[App]:
     application.close()
 
 
+# What testing.running_worker and each worker's lease renewer name their threads.
+_WORKER_THREADS = {"pgqueue-test-worker", "pgqueue-heartbeat"}
+
+
 @pytest.fixture(autouse=True)
 def no_worker_outlives_its_test() -> Iterator[None]:
     """A worker thread or lease renewer still running after its test would heartbeat into the tests after it
@@ -130,9 +134,6 @@ def no_worker_outlives_its_test() -> Iterator[None]:
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"threads left running by this test: {left}"
-
-
-_WORKER_THREADS = {"pgqueue-test-worker", "pgqueue-heartbeat"}
 
 
 @pytest.fixture
