@@ -85,7 +85,7 @@ def run_jobs(app: App, *, queue: str | None = None, conn: psycopg.Connection[Any
             rows = app._fetch("job_claim_queues" if queue else "job_claim_any", params, conn)
             if not rows:
                 break
-            job = ClaimedJob(*rows[0])
+            job = ClaimedJob(*rows[0][:8])  # job_claim_any adds its position
             source = GivenConnection(conn) if conn is not None else None
             execution = asyncio.run(execute(app, job, INLINE_WORKER, threads, connections=source))
             outcome = execution.outcome

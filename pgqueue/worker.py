@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pgqueue.claiming import ClaimPosition
 from pgqueue.completer import Completer
 from pgqueue.connection import DedicatedConnection, connect
 from pgqueue.errors import DatabaseUnavailable, PgQueueError, ValidationError
@@ -201,6 +202,7 @@ class Worker:
         self._running: dict[int, _Running] = {}
         self._busy = 0
         self._prefetched: collections.deque[_Running] = collections.deque()  # claimed, waiting for a slot
+        self._position = ClaimPosition()  # where the next claim of job_claim_any starts
         self._more = True
         self._controlled: list[str] = []  # controlled queues (limits, fairness) this worker serves
         self._controlled_read_at = -1e9
@@ -312,6 +314,7 @@ class Worker:
         queues = self.config.queues
         if payload is None or queues is None or payload in queues:
             self.stats.wakeups += 1
+            self._position.forget()  # the job may sit ahead of where our claims go on from
             self._more = True
             self._settle = True
             self._wake.set()
@@ -397,10 +400,19 @@ class Worker:
         if cfg.queues:
             params["queues"] = cfg.queues
             rows = await self._claim_conn.fetch(q("job_claim_queues"), params)
-        else:
-            rows = await self._claim_conn.fetch(q("job_claim_any"), params)
+            self.stats.claimed += len(rows)
+            return [ClaimedJob(*row) for row in rows]
+        rows = []
+        after = self._position.after
+        if after is not None:  # draining a backlog: go on from the last job taken (see pgqueue.claiming)
+            rows = await self._claim_conn.fetch(q("job_claim_any_after"), {**params, "after": after})
+            self._position.claimed(rows, limit, from_head=False)
+        if len(rows) < limit:
+            head = await self._claim_conn.fetch(q("job_claim_any"), {**params, "limit": limit - len(rows)})
+            self._position.claimed(head, limit - len(rows), from_head=True)
+            rows += head
         self.stats.claimed += len(rows)
-        return [ClaimedJob(*row) for row in rows]
+        return [ClaimedJob(*row[:8]) for row in rows]
 
     # -- running ---------------------------------------------------------------------------------------------
 

@@ -70,11 +70,13 @@ FROM (
 RETURNING id, state, scheduled_for, created_at;
 
 -- name: job_claim_any
--- Claim up to %(limit)s queued jobs from any queue. The CTE is a fence: the planner must finish the locking
--- SELECT (and its LIMIT) before the UPDATE runs, so no more rows are updated than were picked. SKIP LOCKED
--- lets concurrent claimers pass over each other's rows instead of queueing behind them.
+-- Claim up to %(limit)s queued jobs from any queue, from the head of the queue. The CTE is a fence: the planner
+-- must finish the locking SELECT (and its LIMIT) before the UPDATE runs, so no more rows are updated than were
+-- picked. SKIP LOCKED lets concurrent claimers pass over each other's rows instead of queueing behind them.
 -- It returns what running the job needs and no more: psycopg spends about 2 µs turning each timestamptz into a
--- datetime, so the job's times (which the worker never reads) would triple the cost of taking the rows.
+-- datetime, so the job's times (which the worker never reads) would triple the cost of taking the rows. The last
+-- column, the same on every row, is the claim's position: the last picked job in index order, as
+-- 'priority,id,scheduled_for' text, from which job_claim_any_after goes on (see pgqueue.claiming).
 -- Controlled queues (paused, limited, fair) are left to claim_controlled. Written as NOT EXISTS on purpose: the
 -- planner keeps walking jobs_claim_any_idx in order; the equivalent `queue <> ALL (ARRAY(...))` made it sort
 -- every queued job (about 8x slower at 20,000 queued). The first, uncorrelated NOT EXISTS runs once per claim:
@@ -82,20 +84,53 @@ RETURNING id, state, scheduled_for, created_at;
 -- controlled names once instead of probing the queues index per row (a claim of 100 reads about 100 fewer
 -- buffers).
 WITH picked AS (
-    SELECT id FROM pgqueue.jobs
+    SELECT id, priority, scheduled_for FROM pgqueue.jobs
     WHERE state = 'queued'
       AND (NOT EXISTS (SELECT 1 FROM pgqueue.queues WHERE controlled)
            OR NOT EXISTS (SELECT 1 FROM pgqueue.queues AS c WHERE c.name = jobs.queue AND c.controlled))
     ORDER BY priority DESC, scheduled_for, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease)s)
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts
 )
-UPDATE pgqueue.jobs AS j
-SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease)s)
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts;
+SELECT claimed.*, (SELECT concat_ws(',', priority, id, scheduled_for) FROM picked
+                   ORDER BY priority, scheduled_for DESC, id DESC LIMIT 1) AS position
+FROM claimed;
+
+-- name: job_claim_any_after
+-- As job_claim_any, going on from a position it returned instead of from the head of the queue: only jobs of
+-- the position's priority that come after it in index order. The index scan starts at the position, so the
+-- entries that jobs claimed before it left behind are never read, however many an open snapshot keeps from
+-- vacuum (pgqueue.claiming says when a worker claims this way and when from the head).
+WITH position AS (
+    SELECT split_part(%(after)s, ',', 1)::smallint AS priority, split_part(%(after)s, ',', 2)::bigint AS id,
+           split_part(%(after)s, ',', 3)::timestamptz AS scheduled_for
+), picked AS (
+    SELECT jobs.id, jobs.priority, jobs.scheduled_for FROM pgqueue.jobs, position AS p
+    WHERE jobs.state = 'queued' AND jobs.priority = p.priority
+      AND (jobs.scheduled_for, jobs.id) > (p.scheduled_for, p.id)
+      AND (NOT EXISTS (SELECT 1 FROM pgqueue.queues WHERE controlled)
+           OR NOT EXISTS (SELECT 1 FROM pgqueue.queues AS c WHERE c.name = jobs.queue AND c.controlled))
+    ORDER BY jobs.priority DESC, jobs.scheduled_for, jobs.id
+    LIMIT %(limit)s
+    FOR UPDATE OF jobs SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease)s)
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts
+)
+SELECT claimed.*, (SELECT concat_ws(',', priority, id, scheduled_for) FROM picked
+                   ORDER BY priority, scheduled_for DESC, id DESC LIMIT 1) AS position
+FROM claimed;
 
 -- name: job_claim_queues
 -- As job_claim_any, for the queues a worker serves. Each queue is read in index order through its own

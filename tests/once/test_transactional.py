@@ -201,7 +201,7 @@ def test_execute_reports_a_fenced_commit_without_recording_anything(app: App, db
     me, other = uuid.uuid4(), uuid.uuid4()
     row = db.execute(q("job_claim_any"), {"limit": 1, "worker_id": me, "lease": 30}).fetchone()
     assert row is not None
-    claimed = ClaimedJob(*row)
+    claimed = ClaimedJob(*row[:8])
     db.execute("UPDATE pgqueue.jobs SET worker_id = %s WHERE id = %s", (other, job.id))  # taken over
     with ThreadPoolExecutor(1) as threads:
         execution = asyncio.run(execute(app, claimed, me, threads))

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgqueue.claiming import ClaimPosition
 from pgqueue.queries import q
 from tests.chaos.harness import Run, scenario
 from tests.chaos.probes import scalar, wait_until
@@ -98,11 +99,13 @@ def claim_plans(dsn: str) -> dict[str, list[str]]:
     return scans
 
 
-def claim_buffers(dsn: str, batch: int) -> int:
-    """Buffers one claim of ``batch`` touches (EXPLAIN ANALYZE, BUFFERS; rolled back): pages it had to visit."""
-    params = {"limit": batch, "worker_id": uuid.uuid4(), "lease": 30.0}
+def claim_buffers(dsn: str, batch: int, after: str | None = None) -> int:
+    """Buffers one claim of ``batch`` touches (EXPLAIN ANALYZE, BUFFERS; rolled back): pages it had to visit.
+    From the head of the queue, or (``after``) on from a claimer's position."""
+    params = {"limit": batch, "worker_id": uuid.uuid4(), "lease": 30.0, "after": after}
+    name = "job_claim_any" if after is None else "job_claim_any_after"
     with psycopg.connect(dsn) as db:
-        row = db.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + q("job_claim_any"), params).fetchone()
+        row = db.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + q(name), params).fetchone()
         db.rollback()
     assert row is not None
     plan = row[0][0]["Plan"]
@@ -110,22 +113,36 @@ def claim_buffers(dsn: str, batch: int) -> int:
 
 
 class Claimer:
-    """Claims ``batch`` jobs at a time with the worker's own statement and acknowledges them, as a worker does."""
+    """Claims ``batch`` jobs at a time as a worker does (job_claim_any from the head of the queue, then on from its
+    position with job_claim_any_after while a backlog lasts: pgqueue.claiming) and acknowledges them."""
 
     def __init__(self, dsn: str, batch: int) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
         self.batch = batch
         self.worker = uuid.uuid4()
+        self.position = ClaimPosition()
         self.latencies: list[float] = []
 
     def claim(self) -> None:
         started = time.perf_counter()
-        rows = self.conn.execute(q("job_claim_any"), {"limit": self.batch, "worker_id": self.worker,
-                                                      "lease": 30.0}).fetchall()
+        rows = self._take()
         self.latencies.append(time.perf_counter() - started)
         assert len(rows) == self.batch, "the backlog ran out"
         self.conn.execute(q("job_complete_many"), {"ids": [r[0] for r in rows], "attempts": [r[6] for r in rows],
                                                    "results": ["null"] * len(rows), "worker_id": self.worker})
+
+    def _take(self) -> list[tuple[Any, ...]]:
+        params: dict[str, Any] = {"limit": self.batch, "worker_id": self.worker, "lease": 30.0}
+        rows: list[tuple[Any, ...]] = []
+        after = self.position.after
+        if after is not None:
+            rows = self.conn.execute(q("job_claim_any_after"), {**params, "after": after}).fetchall()
+            self.position.claimed(rows, self.batch, from_head=False)
+        if len(rows) < self.batch:
+            head = self.conn.execute(q("job_claim_any"), {**params, "limit": self.batch - len(rows)}).fetchall()
+            self.position.claimed(head, self.batch - len(rows), from_head=True)
+            rows += head
+        return rows
 
     def median_ms(self) -> float:
         return statistics.median(self.latencies) * 1000
@@ -205,6 +222,9 @@ def deep_backlog(run: Run, queued: int, finished: int, drain: int, claims: int) 
             claim_latency([to_small, to_deep], claims)
             claim_ratios[name] = to_deep.median_ms() / to_small.median_ms()
             buffers[name] = claim_buffers(deep, batch)
+            if to_deep.position.after is not None:  # (unless it is due back at the head just now)
+                buffers[f"{name}, on from the claimer's position"] = claim_buffers(deep, batch,
+                                                                                   to_deep.position.after)
             claimed_since[level] = int(scalar(to_deep.conn, "SELECT count(*) FROM pgqueue.finished_jobs WHERE id > %s "
                                                             "AND finished_at >= %s", (finished, idle_since)))
             idle_age[level] = float(scalar(idle, "SELECT extract(epoch FROM clock_timestamp() - xact_start)::float8 "
@@ -226,7 +246,10 @@ def deep_backlog(run: Run, queued: int, finished: int, drain: int, claims: int) 
         claim_ratio = round(claim_ratios[name], 2)
         drain_ratio = round(drains[name] / small_rate, 2)
         run.figure(f"drain rate, {name}", round(drains[name]), "jobs/s")
-        run.figure(f"buffers one claim of {batch} touches, {name}", buffers[name])
+        run.figure(f"buffers one claim of {batch} touches from the head of the queue, {name}", buffers[name])
+        if f"{name}, on from the claimer's position" in buffers:
+            run.figure(f"buffers one claim of {batch} touches on from the claimer's position, {name}",
+                       buffers[f"{name}, on from the claimer's position"])
         if run.mode == "full":
             run.check(f"claim latency, {name} / small", claim_ratio, "<=", 1.2, "x")
             run.check(f"drain rate, {name} / small", drain_ratio, ">=", 0.8, "x")
