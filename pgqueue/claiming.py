@@ -31,6 +31,7 @@ class ClaimPosition:
         self._clock = clock
         self._after: str | None = None  # 'priority,id,scheduled_for' of the last job claimed
         self._head_at = float("-inf")  # when the last claim from the head ran
+        self.epoch = 0  # moves on at each forget(): a claim begun before then must not set a position
 
     @property
     def after(self) -> str | None:
@@ -42,10 +43,15 @@ class ClaimPosition:
     def forget(self) -> None:
         """Something may have arrived ahead of the position (a notification): the next claim starts at the head."""
         self._after = None
+        self.epoch += 1
 
-    def claimed(self, rows: Sequence[Sequence[Any]], asked: int, from_head: bool) -> None:
-        """Note what a claim returned (rows of job_claim_any or job_claim_any_after; the position is their last
-        column). A claim from the head that ran short of ``asked`` leaves no position: no backlog to go on in."""
+    def claimed(self, rows: Sequence[Sequence[Any]], asked: int, from_head: bool, epoch: int) -> None:
+        """Note what a claim begun at ``epoch`` returned (rows of job_claim_any or job_claim_any_after; the
+        position is their last column). A claim from the head that ran short of ``asked`` leaves no position: no
+        backlog to go on in. Nor does a claim under way when a notification came: its snapshot may predate the
+        job the notification announced, so the next claim must start at the head to see it."""
+        if epoch != self.epoch:
+            return
         if from_head:
             self._head_at = self._clock()
             self._after = rows[-1][-1] if len(rows) >= asked else None

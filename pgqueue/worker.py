@@ -403,13 +403,14 @@ class Worker:
             self.stats.claimed += len(rows)
             return [ClaimedJob(*row) for row in rows]
         rows = []
-        after = self._position.after
+        position, epoch = self._position, self._position.epoch
+        after = position.after
         if after is not None:  # draining a backlog: go on from the last job taken (see pgqueue.claiming)
             rows = await self._claim_conn.fetch(q("job_claim_any_after"), {**params, "after": after})
-            self._position.claimed(rows, limit, from_head=False)
+            position.claimed(rows, limit, from_head=False, epoch=epoch)
         if len(rows) < limit:
             head = await self._claim_conn.fetch(q("job_claim_any"), {**params, "limit": limit - len(rows)})
-            self._position.claimed(head, limit - len(rows), from_head=True)
+            position.claimed(head, limit - len(rows), from_head=True, epoch=epoch)
             rows += head
         self.stats.claimed += len(rows)
         return [ClaimedJob(*row[:8]) for row in rows]

@@ -53,7 +53,7 @@ def test_claims_from_the_position_skip_what_an_open_snapshot_keeps(app: App, db:
             after = position.after
             name = "job_claim_any" if after is None else "job_claim_any_after"
             rows = db.execute(q(name), {**params, "after": after}).fetchall()
-            position.claimed(rows, 100, from_head=after is None)
+            position.claimed(rows, 100, from_head=after is None, epoch=0)
             db.execute(q("job_complete_many"), {"ids": [r[0] for r in rows], "attempts": [r[6] for r in rows],
                                                 "results": [None] * len(rows), "worker_id": me})
             taken += [r[0] for r in rows]

@@ -134,13 +134,13 @@ class Claimer:
     def _take(self) -> list[tuple[Any, ...]]:
         params: dict[str, Any] = {"limit": self.batch, "worker_id": self.worker, "lease": 30.0}
         rows: list[tuple[Any, ...]] = []
-        after = self.position.after
+        after, epoch = self.position.after, self.position.epoch
         if after is not None:
             rows = self.conn.execute(q("job_claim_any_after"), {**params, "after": after}).fetchall()
-            self.position.claimed(rows, self.batch, from_head=False)
+            self.position.claimed(rows, self.batch, from_head=False, epoch=epoch)
         if len(rows) < self.batch:
             head = self.conn.execute(q("job_claim_any"), {**params, "limit": self.batch - len(rows)}).fetchall()
-            self.position.claimed(head, self.batch - len(rows), from_head=True)
+            self.position.claimed(head, self.batch - len(rows), from_head=True, epoch=epoch)
             rows += head
         return rows
 
