@@ -43,7 +43,7 @@ def test_claims_from_the_position_skip_what_an_open_snapshot_keeps(app: App, db:
     def noop() -> None: ...
 
     jobs = noop.enqueue_many([{}] * 4_000)
-    db.execute("VACUUM ANALYZE pgqueue.jobs")
+    db.execute("VACUUM ANALYZE pgqueue.jobs")  # statistics, as autovacuum or the worker would have gathered
     me, position, taken = uuid.uuid4(), ClaimPosition(clock=lambda: 0.0), []
     with psycopg.connect(dsn) as report:
         report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
