@@ -398,18 +398,19 @@ class Worker:
         cfg = self.config
         params: dict[str, Any] = {"limit": limit, "worker_id": self.id, "lease": cfg.lease}
         if cfg.queues:
-            params["queues"] = cfg.queues
-            rows = await self._claim_conn.fetch(q("job_claim_queues"), params)
-            self.stats.claimed += len(rows)
-            return [ClaimedJob(*row) for row in rows]
+            params.update(queues=cfg.queues, queue=cfg.queues[0])
+            head_claim, after_claim = "job_claim_queues", "job_claim_queue_after" if len(cfg.queues) == 1 else None
+        else:
+            head_claim, after_claim = "job_claim_any", "job_claim_any_after"
         rows = []
         position, epoch = self._position, self._position.epoch
-        after = position.after
-        if after is not None:  # draining a backlog: go on from the last job taken (see pgqueue.claiming)
-            rows = await self._claim_conn.fetch(q("job_claim_any_after"), {**params, "after": after})
+        # Draining a backlog: go on from the last job taken (pgqueue.claiming). Not for several queues: their
+        # claims merge as many index orders, and no one position stands for all of them.
+        if after_claim is not None and (after := position.after) is not None:
+            rows = await self._claim_conn.fetch(q(after_claim), {**params, "after": after})
             position.claimed(rows, limit, from_head=False, epoch=epoch)
         if len(rows) < limit:
-            head = await self._claim_conn.fetch(q("job_claim_any"), {**params, "limit": limit - len(rows)})
+            head = await self._claim_conn.fetch(q(head_claim), {**params, "limit": limit - len(rows)})
             position.claimed(head, limit - len(rows), from_head=True, epoch=epoch)
             rows += head
         self.stats.claimed += len(rows)

@@ -134,8 +134,10 @@ FROM claimed;
 -- name: job_claim_queues
 -- As job_claim_any, for the queues a worker serves. Each queue is read in index order through its own
 -- lateral subquery, so a deep backlog in one queue never means sorting it; the outer ORDER BY merges them.
+-- The position (last column) is the last job picked in that order; a worker serving one queue goes on from it
+-- with job_claim_queue_after.
 WITH picked AS (
-    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    SELECT c.id, c.priority, c.scheduled_for FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
         SELECT id, priority, scheduled_for FROM pgqueue.jobs
         WHERE state = 'queued' AND queue = q.name
@@ -146,13 +148,37 @@ WITH picked AS (
     WHERE q.name <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE controlled))
     ORDER BY c.priority DESC, c.scheduled_for, c.id
     LIMIT %(limit)s
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease)s)
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts
 )
-UPDATE pgqueue.jobs AS j
-SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease)s)
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts;
+SELECT claimed.*, (SELECT concat_ws(',', priority, id, scheduled_for) FROM picked
+                   ORDER BY priority, scheduled_for DESC, id DESC LIMIT 1) AS position
+FROM claimed;
+
+-- name: job_claim_queue_after
+-- As job_claim_any_after, for a worker serving the one queue %(queue)s (through jobs_claim_queue_idx).
+WITH picked AS (
+    SELECT id, priority, scheduled_for FROM pgqueue.jobs
+    WHERE state = 'queued' AND queue = %(queue)s AND priority = split_part(%(after)s, ',', 1)::smallint
+      AND (scheduled_for, id) > (split_part(%(after)s, ',', 3)::timestamptz, split_part(%(after)s, ',', 2)::bigint)
+      AND %(queue)s <> ALL (ARRAY(SELECT name FROM pgqueue.queues WHERE controlled))
+    ORDER BY priority DESC, scheduled_for, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, started_at = now(), worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease)s)
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING j.id, j.queue, j.task, j.args::text, j.kwargs::text, j.priority, j.attempt, j.max_attempts
+)
+SELECT claimed.*, (SELECT concat_ws(',', priority, id, scheduled_for) FROM picked
+                   ORDER BY priority, scheduled_for DESC, id DESC LIMIT 1) AS position
+FROM claimed;
 
 -- name: job_claim_controlled
 SELECT id, queue, task, args::text, kwargs::text, priority, attempt, max_attempts

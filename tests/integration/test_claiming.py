@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 from pgqueue import App
 from pgqueue.claiming import HEAD_EVERY, ClaimPosition
@@ -27,7 +28,7 @@ def index_buffers(conn: psycopg.Connection[Any], name: str, params: dict[str, An
     scans = []
 
     def walk(node: dict[str, Any]) -> None:
-        if node.get("Index Name") == "jobs_claim_any_idx":
+        if node.get("Index Name") in ("jobs_claim_any_idx", "jobs_claim_queue_idx"):  # whichever it chose
             scans.append(int(node["Shared Hit Blocks"]) + int(node["Shared Read Blocks"]))
         for child in node.get("Plans", []):
             walk(child)
@@ -37,8 +38,16 @@ def index_buffers(conn: psycopg.Connection[Any], name: str, params: dict[str, An
     return scans[0]
 
 
+# A worker serving any queue, and one serving the one queue "default": their claims from the head and on.
+CLAIMS = {"any queue": ("job_claim_any", "job_claim_any_after", {}),
+          "one queue": ("job_claim_queues", "job_claim_queue_after", {"queues": ["default"], "queue": "default"})}
+SERVES = {"any queue": None, "one queue": ["default"]}
+
+
+@pytest.mark.parametrize("serving", CLAIMS)
 def test_claims_from_the_position_skip_what_an_open_snapshot_keeps(app: App, db: psycopg.Connection[Any],
-                                                                   dsn: str) -> None:
+                                                                   dsn: str, serving: str) -> None:
+    head_claim, after_claim, serves = CLAIMS[serving]
     @app.task()
     def noop() -> None: ...
 
@@ -49,9 +58,9 @@ def test_claims_from_the_position_skip_what_an_open_snapshot_keeps(app: App, db:
         report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         report.execute("SELECT 1")  # the snapshot: from here no row version it sees may be removed
         for _ in range(30):
-            params: dict[str, Any] = {"limit": 100, "worker_id": me, "lease": 30.0}
+            params: dict[str, Any] = {"limit": 100, "worker_id": me, "lease": 30.0, **serves}
             after = position.after
-            name = "job_claim_any" if after is None else "job_claim_any_after"
+            name = head_claim if after is None else after_claim
             rows = db.execute(q(name), {**params, "after": after}).fetchall()
             position.claimed(rows, 100, from_head=after is None, epoch=0)
             db.execute(q("job_complete_many"), {"ids": [r[0] for r in rows], "attempts": [r[6] for r in rows],
@@ -59,16 +68,18 @@ def test_claims_from_the_position_skip_what_an_open_snapshot_keeps(app: App, db:
             taken += [r[0] for r in rows]
         db.execute("VACUUM pgqueue.jobs")  # removes nothing the snapshot still sees
         with psycopg.connect(dsn) as look:
-            head = index_buffers(look, "job_claim_any", params)
+            head = index_buffers(look, head_claim, params)
             look.rollback()
-            on = index_buffers(look, "job_claim_any_after", {**params, "after": position.after})
+            on = index_buffers(look, after_claim, {**params, "after": position.after})
             look.rollback()
         report.rollback()
     assert taken == [j.id for j in jobs[:3_000]]  # in claim order, none skipped, none twice
     assert on * 4 < head, (on, head)  # from the head, the claim reads the 3,000 claimed jobs' entries; ours not
 
 
-def test_a_worker_draining_a_backlog_takes_a_new_higher_priority_job_at_its_next_claim(app: App) -> None:
+@pytest.mark.parametrize("serving", SERVES)
+def test_a_worker_draining_a_backlog_takes_a_new_higher_priority_job_at_its_next_claim(app: App,
+                                                                                       serving: str) -> None:
     order: list[str] = []
 
     @app.task()
@@ -77,7 +88,7 @@ def test_a_worker_draining_a_backlog_takes_a_new_higher_priority_job_at_its_next
         order.append(label)
 
     step.enqueue_many([step.call("low")] * 3_000)
-    with running_worker(app, concurrency=4, claim_batch=20, **FAST):
+    with running_worker(app, queues=SERVES[serving], concurrency=4, claim_batch=20, **FAST):
         wait_for(lambda: len(order) >= 200)
         step.using(priority=5).enqueue("high")  # commits with a notification
         ran_before = len(order)
@@ -85,7 +96,9 @@ def test_a_worker_draining_a_backlog_takes_a_new_higher_priority_job_at_its_next
     assert order.index("high") - ran_before < 300, (ran_before, order.index("high"))
 
 
-def test_a_job_behind_the_position_without_a_notification_waits_at_most_head_every(app: App, dsn: str) -> None:
+@pytest.mark.parametrize("serving", SERVES)
+def test_a_job_behind_the_position_without_a_notification_waits_at_most_head_every(app: App, dsn: str,
+                                                                                   serving: str) -> None:
     order: list[str] = []
 
     @app.task()
@@ -94,7 +107,7 @@ def test_a_job_behind_the_position_without_a_notification_waits_at_most_head_eve
         order.append(label)
 
     step.enqueue_many([step.call("low")] * 3_000)
-    with running_worker(app, concurrency=2, claim_batch=20, **FAST):
+    with running_worker(app, queues=SERVES[serving], concurrency=2, claim_batch=20, **FAST):
         wait_for(lambda: len(order) >= 100)
         with psycopg.connect(dsn, autocommit=True) as quiet:
             quiet.execute("SET pgqueue.notify = off")  # no wake-up: only the return to the head finds it
@@ -108,7 +121,9 @@ def test_a_job_behind_the_position_without_a_notification_waits_at_most_head_eve
     assert waited < HEAD_EVERY + 1.5, waited
 
 
-def test_levels_in_order_and_each_job_once_across_workers(app: App, db: psycopg.Connection[Any]) -> None:
+@pytest.mark.parametrize("serving", SERVES)
+def test_levels_in_order_and_each_job_once_across_workers(app: App, db: psycopg.Connection[Any],
+                                                          serving: str) -> None:
     order: list[tuple[int, int]] = []
 
     @app.task()
@@ -121,15 +136,15 @@ def test_levels_in_order_and_each_job_once_across_workers(app: App, db: psycopg.
 
     record.enqueue_many([record.call(0, n) for n in range(400)])
     urgent.enqueue_many([urgent.call(3, n) for n in range(400)])
-    with running_worker(app, concurrency=1, claim_batch=50, **FAST):
+    with running_worker(app, queues=SERVES[serving], concurrency=1, claim_batch=50, **FAST):
         wait_for(lambda: len(order) == 800)
     assert order == [(3, n) for n in range(400)] + [(0, n) for n in range(400)]
 
     order.clear()
     record.enqueue_many([record.call(0, n) for n in range(2_000)])
     urgent.enqueue_many([urgent.call(3, n) for n in range(2_000)])
-    with running_worker(app, concurrency=8, claim_batch=25, **FAST), \
-            running_worker(app, concurrency=8, claim_batch=25, **FAST):
+    with running_worker(app, queues=SERVES[serving], concurrency=8, claim_batch=25, **FAST), \
+            running_worker(app, concurrency=8, claim_batch=25, **FAST):  # and one serving any queue
         wait_for(lambda: len(order) == 4_000)
     assert sorted(order) == sorted([(level, n) for level in (0, 3) for n in range(2_000)])
     assert db.execute("SELECT count(*), max(attempt) FROM pgqueue.finished_jobs WHERE state = 'succeeded'"

@@ -178,7 +178,7 @@ def drain_rate(run: Run, dsn: str, jobs: int) -> float:
 
 @scenario(10, "deep backlog",
           quick={"queued": 50_000, "finished": 200_000, "drain": 3_000, "claims": 100},
-          full={"queued": 1_000_000, "finished": 5_000_000, "drain": 30_000, "claims": 600})
+          full={"queued": 1_000_000, "finished": 5_000_000, "drain": 100_000, "claims": 600})
 def deep_backlog(run: Run, queued: int, finished: int, drain: int, claims: int) -> None:
     """Claim latency and drain rate with ``queued`` queued and ``finished`` finished jobs, against a queue
     holding only what the measurement takes; then the same with a transaction left open and idle in the deep
