@@ -4,15 +4,16 @@ A claimed job leaves its entry at the head of the claim index until vacuum remov
 a snapshot older than the claim is open anywhere in the database (a REPEATABLE READ report, ``pg_dump``). A
 claim from the head walks every such entry, and visits its row to find it gone: with a snapshot held, the claim
 grows dearer with every job claimed (3.5x its latency after 36,500 claims, in chaos scenario 10). So while a
-worker drains a backlog it claims on from the last job it took (``job_claim_any_after``): the index scan starts
-there, and what lies behind costs nothing however much of it there is.
+worker drains a backlog it claims on from the last job it took (``job_claim_any_after``, or
+``job_claim_queue_after`` for a worker serving one queue): the index scan starts there, and what lies behind
+costs nothing however much of it there is.
 
 Jobs can become claimable behind that position: one of higher priority, a job handed back or reclaimed, a
-scheduled job come due, a row another transaction held locked when the claim passed it. Each of the first three
-comes with a notification, which sends the next claim back to the head; for the rest, a claim goes back to the
-head at least every ``HEAD_EVERY`` seconds. A claim from the head that finds fewer jobs than it asked for (the
-backlog is gone) leaves no position, so a worker that keeps up with its queue always claims from the head: one
-statement per claim, as before.
+scheduled job come due, a queue that stops being paused or limited, a row another transaction held locked when
+the claim passed it, a priority raised by aging. The first four come with a notification, which sends the next
+claim back to the head; for the rest, a claim goes back to the head at least every ``HEAD_EVERY`` seconds. A
+claim from the head that finds fewer jobs than it asked for (the backlog is gone) leaves no position, so a
+worker that keeps up with its queue always claims from the head: one statement per claim, as before.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ HEAD_EVERY = 1.0  # seconds: the longest a claimable job behind a worker's posit
 
 
 class ClaimPosition:
-    """One claimer's position in the claim index (for ``job_claim_any`` and ``job_claim_any_after``)."""
+    """One claimer's position in the claim index: the last column of every ``job_claim_*`` claim but the
+    controlled queues' one."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

@@ -202,7 +202,7 @@ class Worker:
         self._running: dict[int, _Running] = {}
         self._busy = 0
         self._prefetched: collections.deque[_Running] = collections.deque()  # claimed, waiting for a slot
-        self._position = ClaimPosition()  # where the next claim of job_claim_any starts
+        self._position = ClaimPosition()  # where the next claim starts (pgqueue.claiming)
         self._more = True
         self._controlled: list[str] = []  # controlled queues (limits, fairness) this worker serves
         self._controlled_read_at = -1e9
@@ -308,6 +308,7 @@ class Worker:
                 self._request_cancel(int(value))
             elif kind == "queues":
                 self._controlled_read_at = -1e9  # settings changed: read them before the next claim
+                self._position.forget()  # a queue no longer paused or limited may hold jobs behind our position
                 self._more = True
                 self._wake.set()
             return
