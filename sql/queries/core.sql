@@ -160,7 +160,7 @@ SELECT claimed.*, (SELECT concat_ws(',', priority, id, scheduled_for) FROM picke
 FROM claimed;
 
 -- name: job_claim_queue_after
--- As job_claim_any_after, for a worker serving the one queue %(queue)s (through jobs_claim_queue_idx).
+-- As job_claim_any_after, for a worker serving the one queue %(queue)s.
 WITH picked AS (
     SELECT id, priority, scheduled_for FROM pgqueue.jobs
     WHERE state = 'queued' AND queue = %(queue)s AND priority = split_part(%(after)s, ',', 1)::smallint
