@@ -48,8 +48,8 @@ class ClaimPosition:
         self.epoch += 1
 
     def claimed(self, rows: Sequence[Sequence[Any]], asked: int, from_head: bool, epoch: int) -> None:
-        """Note what a claim begun at ``epoch`` returned (rows of job_claim_any or job_claim_any_after; the
-        position is their last column). A claim from the head that ran short of ``asked`` leaves no position: no
+        """Note what a claim begun at ``epoch`` returned (rows of a ``job_claim_*`` claim; the position is their
+        last column). A claim from the head that ran short of ``asked`` leaves no position: no
         backlog to go on in. Nor does a claim under way when a notification came: its snapshot may predate the
         job the notification announced, so the next claim must start at the head to see it."""
         if epoch != self.epoch:

@@ -48,17 +48,18 @@ SERVES = {"any queue": None, "one queue": ["default"]}
 def test_claims_from_the_position_skip_what_an_open_snapshot_keeps(app: App, db: psycopg.Connection[Any],
                                                                    dsn: str, serving: str) -> None:
     head_claim, after_claim, serves = CLAIMS[serving]
+
     @app.task()
     def noop() -> None: ...
 
     jobs = noop.enqueue_many([{}] * 4_000)
     db.execute("VACUUM ANALYZE pgqueue.jobs")  # statistics, as autovacuum or the worker would have gathered
     me, position, taken = uuid.uuid4(), ClaimPosition(clock=lambda: 0.0), []
+    params: dict[str, Any] = {"limit": 100, "worker_id": me, "lease": 30.0, **serves}
     with psycopg.connect(dsn) as report:
         report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         report.execute("SELECT 1")  # the snapshot: from here no row version it sees may be removed
         for _ in range(30):
-            params: dict[str, Any] = {"limit": 100, "worker_id": me, "lease": 30.0, **serves}
             after = position.after
             name = head_claim if after is None else after_claim
             rows = db.execute(q(name), {**params, "after": after}).fetchall()

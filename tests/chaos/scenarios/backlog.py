@@ -206,6 +206,7 @@ def deep_backlog(run: Run, queued: int, finished: int, drain: int, claims: int) 
     small_claim = to_small.median_ms()
     claim_ratios = {"deep": to_deep.median_ms() / small_claim}
     buffers = {"deep": claim_buffers(deep, batch)}
+    buffers_on: dict[str, int] = {}  # the same claim on from the claimer's position
     holds: dict[str, bool] = {}
     claimed_since: dict[str, int] = {}
     idle_age: dict[str, float] = {}
@@ -223,8 +224,7 @@ def deep_backlog(run: Run, queued: int, finished: int, drain: int, claims: int) 
             claim_ratios[name] = to_deep.median_ms() / to_small.median_ms()
             buffers[name] = claim_buffers(deep, batch)
             if to_deep.position.after is not None:  # (unless it is due back at the head just now)
-                buffers[f"{name}, on from the claimer's position"] = claim_buffers(deep, batch,
-                                                                                   to_deep.position.after)
+                buffers_on[name] = claim_buffers(deep, batch, to_deep.position.after)
             claimed_since[level] = int(scalar(to_deep.conn, "SELECT count(*) FROM pgqueue.finished_jobs WHERE id > %s "
                                                             "AND finished_at >= %s", (finished, idle_since)))
             idle_age[level] = float(scalar(idle, "SELECT extract(epoch FROM clock_timestamp() - xact_start)::float8 "
@@ -247,9 +247,8 @@ def deep_backlog(run: Run, queued: int, finished: int, drain: int, claims: int) 
         drain_ratio = round(drains[name] / small_rate, 2)
         run.figure(f"drain rate, {name}", round(drains[name]), "jobs/s")
         run.figure(f"buffers one claim of {batch} touches from the head of the queue, {name}", buffers[name])
-        if f"{name}, on from the claimer's position" in buffers:
-            run.figure(f"buffers one claim of {batch} touches on from the claimer's position, {name}",
-                       buffers[f"{name}, on from the claimer's position"])
+        if name in buffers_on:
+            run.figure(f"buffers one claim of {batch} touches on from the claimer's position, {name}", buffers_on[name])
         if run.mode == "full":
             run.check(f"claim latency, {name} / small", claim_ratio, "<=", 1.2, "x")
             run.check(f"drain rate, {name} / small", drain_ratio, ">=", 0.8, "x")
