@@ -449,8 +449,10 @@ DECLARE
     group_keys text[];
     group_vtimes float8[];
     group_weights float8[];
+    group_shares integer[];
     group_allow integer;
-    groups_left integer;
+    due integer;
+    carry integer := 0;
     taken integer;
     ids bigint[] := '{}';
     picked bigint[];
@@ -473,8 +475,9 @@ BEGIN
     END IF;
 
     IF cfg.fair OR cfg.group_concurrency_limit IS NOT NULL OR cfg.group_rate_limit IS NOT NULL THEN
-        -- Groups with queued work, found by a loose index scan, served lowest virtual time first. Each gets at
-        -- most an even share of what is left, so a group with a million jobs cannot take every slot.
+        -- Groups with queued work, found by a loose index scan, served lowest virtual time first. A group's
+        -- virtual time grows by 1/weight per job it is given, so a group with a million jobs cannot take every
+        -- slot and one of weight 3 gets three claims for every one of weight 1.
         WITH RECURSIVE g AS (
             (SELECT j.group_key FROM pgqueue.jobs j
              WHERE j.state = 'queued' AND j.queue = p_queue AND j.group_key IS NOT NULL
@@ -496,11 +499,25 @@ BEGIN
                coalesce(array_agg(a.vtime ORDER BY a.vtime, a.group_key), '{}'),
                coalesce(array_agg(a.weight ORDER BY a.vtime, a.group_key), '{}')
         INTO group_keys, group_vtimes, group_weights FROM active a;
-        groups_left := cardinality(group_keys);
+        -- Each group's share of this claim, by weighted fair queueing: a group's k-th next job starts at virtual
+        -- time vtime + (k - 1) / weight, and the claim takes the `allowance` earliest starts. A group's first
+        -- start is its vtime, so only the first `allowance` groups in vtime order can hold one. (An even split of
+        -- one claim among its groups ignored the weights whenever a claim asked for more than one job.)
+        SELECT coalesce(array_agg(coalesce(t.n, 0) ORDER BY g.i), '{}') INTO group_shares
+        FROM generate_series(1, least(cardinality(group_keys), allowance)) AS g(i)
+        LEFT JOIN (
+            SELECT s.i, count(*)::integer AS n FROM (
+                SELECT g2.i FROM generate_series(1, least(cardinality(group_keys), allowance)) AS g2(i),
+                                 generate_series(0, allowance - 1) AS k
+                ORDER BY group_vtimes[g2.i] + k / group_weights[g2.i], g2.i
+                LIMIT allowance
+            ) AS s GROUP BY s.i
+        ) AS t ON t.i = g.i;
         FOR i IN 1 .. cardinality(group_keys) LOOP
             EXIT WHEN allowance <= 0;
-            group_allow := greatest(1, ceil(allowance::float8 / groups_left)::integer);
-            groups_left := groups_left - 1;
+            -- Its share, plus what groups before it could not take (limits, fewer jobs, rows locked by others).
+            due := coalesce(group_shares[i], 0) + carry;
+            group_allow := least(allowance, due);
             IF cfg.group_concurrency_limit IS NOT NULL THEN
                 SELECT count(*) INTO running FROM pgqueue.jobs
                 WHERE queue = p_queue AND group_key = group_keys[i] AND state = 'running';
@@ -512,6 +529,7 @@ BEGIN
                   AND started_at > now() - make_interval(secs => cfg.group_rate_period);
                 group_allow := least(group_allow, cfg.group_rate_limit - started);
             END IF;
+            carry := due;
             CONTINUE WHEN group_allow <= 0;
             SELECT array_agg(c.id) INTO picked FROM (
                 SELECT j.id FROM pgqueue.jobs j
@@ -520,6 +538,7 @@ BEGIN
                 LIMIT group_allow FOR UPDATE SKIP LOCKED
             ) AS c;
             taken := coalesce(cardinality(picked), 0);
+            carry := due - taken;
             CONTINUE WHEN taken = 0;
             ids := ids || picked;
             allowance := allowance - taken;

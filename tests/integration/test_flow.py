@@ -153,6 +153,28 @@ def test_weights_share_a_fair_queue(app: App, db: psycopg.Connection[Any]) -> No
     assert counts["gold"] > 2 * counts["basic"], counts
 
 
+@pytest.mark.parametrize("claim_size", [1, 2, 4, 7])
+def test_weights_hold_for_claims_of_any_size(app: App, db: psycopg.Connection[Any], claim_size: int) -> None:
+    """A claim of several jobs splits by weight too, not evenly among the groups it serves."""
+    @app.task(queue="weighted")
+    def work() -> None: ...
+
+    app.configure_queue("weighted", fair=True)
+    app.set_group_weight("weighted", "gold", 3)
+    app.set_group_weight("weighted", "silver", 2)
+    work.enqueue_many([work.call(group=g) for g in ("gold", "silver", "basic") for _ in range(200)])
+    claimed: Counter[str] = Counter()
+    worker = "00000000-0000-0000-0000-000000000001"
+    while sum(claimed.values()) < 300:
+        rows = db.execute("SELECT group_key FROM pgqueue.claim_controlled('weighted', %s, 60, %s)",
+                          (worker, claim_size)).fetchall()
+        assert len(rows) == claim_size
+        claimed.update(r[0] for r in rows)
+    # Shares 3:2:1 of 300 are 150, 100 and 50; a claim may run ahead by at most its size.
+    for key, share in (("gold", 150), ("silver", 100), ("basic", 50)):
+        assert abs(claimed[key] - share) <= claim_size + 1, claimed
+
+
 def test_priority_aging_raises_waiting_jobs(app: App, db: psycopg.Connection[Any]) -> None:
     @app.task(queue="aging")
     def low() -> None: ...
