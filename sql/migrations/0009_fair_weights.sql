@@ -117,6 +117,30 @@ BEGIN
                 INSERT INTO pgqueue.rate_starts SELECT p_queue, group_keys[i], now() FROM generate_series(1, taken);
             END IF;
         END LOOP;
+        -- A group short of jobs (or of unlocked ones) leaves part of its share to the groups after it; when none
+        -- after it could take that part, it is handed round again in virtual time order, so a claim comes back
+        -- short only when the queue is. Not with per-group limits: their counts were read once per group above.
+        IF allowance > 0 AND cardinality(ids) > 0 AND cfg.group_concurrency_limit IS NULL
+           AND cfg.group_rate_limit IS NULL THEN
+            FOR i IN 1 .. cardinality(group_keys) LOOP
+                EXIT WHEN allowance <= 0;
+                -- SKIP LOCKED passes over other transactions' locks, not ours: leave out what we picked.
+                SELECT array_agg(c.id) INTO picked FROM (
+                    SELECT j.id FROM pgqueue.jobs j
+                    WHERE j.state = 'queued' AND j.queue = p_queue AND j.group_key = group_keys[i]
+                      AND j.id <> ALL (ids)
+                    ORDER BY j.priority DESC, j.scheduled_for, j.id
+                    LIMIT allowance FOR UPDATE SKIP LOCKED
+                ) AS c;
+                taken := coalesce(cardinality(picked), 0);
+                CONTINUE WHEN taken = 0;
+                ids := ids || picked;
+                allowance := allowance - taken;
+                INSERT INTO pgqueue.job_groups AS s (queue, group_key, vtime)
+                VALUES (p_queue, group_keys[i], group_vtimes[i] + taken / group_weights[i])
+                ON CONFLICT (queue, group_key) DO UPDATE SET vtime = s.vtime + taken / s.weight;
+            END LOOP;
+        END IF;
         -- Jobs without a group share what the groups left.
         IF allowance > 0 THEN
             SELECT array_agg(c.id) INTO picked FROM (

@@ -175,6 +175,20 @@ def test_weights_hold_for_claims_of_any_size(app: App, db: psycopg.Connection[An
         assert abs(claimed[key] - share) <= claim_size + 1, claimed
 
 
+def test_a_fair_claim_comes_back_short_only_when_the_queue_is(app: App, db: psycopg.Connection[Any]) -> None:
+    """The weighted group has one job: the share it cannot take goes to the other group, not to waste."""
+    @app.task(queue="weighted")
+    def work() -> None: ...
+
+    app.configure_queue("weighted", fair=True)
+    app.set_group_weight("weighted", "gold", 3)
+    work.enqueue_many([work.call(group="gold")] + [work.call(group="basic") for _ in range(50)])
+    rows = db.execute("SELECT group_key FROM pgqueue.claim_controlled('weighted', %s, 60, 10)",
+                      ("00000000-0000-0000-0000-000000000001",)).fetchall()
+    assert sorted(r[0] for r in rows) == ["basic"] * 9 + ["gold"]
+    assert len(db.execute("SELECT id FROM pgqueue.jobs WHERE state = 'running'").fetchall()) == 10
+
+
 def test_priority_aging_raises_waiting_jobs(app: App, db: psycopg.Connection[Any]) -> None:
     @app.task(queue="aging")
     def low() -> None: ...
