@@ -20,7 +20,7 @@ DECLARE
     group_shares integer[];
     group_allow integer;
     due integer;
-    carry integer := 0;
+    carry integer;
     taken integer;
     ids bigint[] := '{}';
     picked bigint[];
@@ -81,66 +81,52 @@ BEGIN
                 LIMIT allowance
             ) AS s GROUP BY s.i
         ) AS t ON t.i = g.i;
-        FOR i IN 1 .. cardinality(group_keys) LOOP
-            EXIT WHEN allowance <= 0;
-            -- Its share, plus what groups before it could not take (limits, fewer jobs, rows locked by others).
-            due := coalesce(group_shares[i], 0) + carry;
-            group_allow := least(allowance, due);
-            IF cfg.group_concurrency_limit IS NOT NULL THEN
-                SELECT count(*) INTO running FROM pgqueue.jobs
-                WHERE queue = p_queue AND group_key = group_keys[i] AND state = 'running';
-                group_allow := least(group_allow, cfg.group_concurrency_limit - running);
-            END IF;
-            IF cfg.group_rate_limit IS NOT NULL THEN
-                SELECT count(*) INTO started FROM pgqueue.rate_starts
-                WHERE queue = p_queue AND group_key = group_keys[i]
-                  AND started_at > now() - make_interval(secs => cfg.group_rate_period);
-                group_allow := least(group_allow, cfg.group_rate_limit - started);
-            END IF;
-            carry := due;
-            CONTINUE WHEN group_allow <= 0;
-            SELECT array_agg(c.id) INTO picked FROM (
-                SELECT j.id FROM pgqueue.jobs j
-                WHERE j.state = 'queued' AND j.queue = p_queue AND j.group_key = group_keys[i]
-                ORDER BY j.priority DESC, j.scheduled_for, j.id
-                LIMIT group_allow FOR UPDATE SKIP LOCKED
-            ) AS c;
-            taken := coalesce(cardinality(picked), 0);
-            carry := due - taken;
-            CONTINUE WHEN taken = 0;
-            ids := ids || picked;
-            allowance := allowance - taken;
-            INSERT INTO pgqueue.job_groups AS s (queue, group_key, vtime)
-            VALUES (p_queue, group_keys[i], group_vtimes[i] + taken / group_weights[i])
-            ON CONFLICT (queue, group_key) DO UPDATE SET vtime = s.vtime + taken / s.weight;
-            IF cfg.group_rate_limit IS NOT NULL THEN
-                INSERT INTO pgqueue.rate_starts SELECT p_queue, group_keys[i], now() FROM generate_series(1, taken);
-            END IF;
-        END LOOP;
-        -- A group short of jobs (or of unlocked ones) leaves part of its share to the groups after it; when none
-        -- after it could take that part, it is handed round again in virtual time order, so a claim comes back
-        -- short only when the queue is. Not with per-group limits: their counts were read once per group above.
-        IF allowance > 0 AND cardinality(ids) > 0 AND cfg.group_concurrency_limit IS NULL
-           AND cfg.group_rate_limit IS NULL THEN
+        -- Two sweeps in virtual time order. The first gives each group its share, plus what groups before it
+        -- could not take (limits, fewer jobs, rows locked by others). A group short of jobs late in the order
+        -- leaves part unused; the second sweep hands that round again, so a claim comes back short only when
+        -- the queue is. Not with per-group limits: their counts are read once per group, in the first sweep.
+        FOR sweep IN 1 .. 2 LOOP
+            EXIT WHEN allowance <= 0 OR (sweep = 2 AND (cardinality(ids) = 0
+                OR cfg.group_concurrency_limit IS NOT NULL OR cfg.group_rate_limit IS NOT NULL));
+            carry := 0;
             FOR i IN 1 .. cardinality(group_keys) LOOP
                 EXIT WHEN allowance <= 0;
+                due := CASE WHEN sweep = 1 THEN coalesce(group_shares[i], 0) + carry ELSE allowance END;
+                group_allow := least(allowance, due);
+                IF cfg.group_concurrency_limit IS NOT NULL THEN
+                    SELECT count(*) INTO running FROM pgqueue.jobs
+                    WHERE queue = p_queue AND group_key = group_keys[i] AND state = 'running';
+                    group_allow := least(group_allow, cfg.group_concurrency_limit - running);
+                END IF;
+                IF cfg.group_rate_limit IS NOT NULL THEN
+                    SELECT count(*) INTO started FROM pgqueue.rate_starts
+                    WHERE queue = p_queue AND group_key = group_keys[i]
+                      AND started_at > now() - make_interval(secs => cfg.group_rate_period);
+                    group_allow := least(group_allow, cfg.group_rate_limit - started);
+                END IF;
+                carry := due;
+                CONTINUE WHEN group_allow <= 0;
                 -- SKIP LOCKED passes over other transactions' locks, not ours: leave out what we picked.
                 SELECT array_agg(c.id) INTO picked FROM (
                     SELECT j.id FROM pgqueue.jobs j
                     WHERE j.state = 'queued' AND j.queue = p_queue AND j.group_key = group_keys[i]
                       AND j.id <> ALL (ids)
                     ORDER BY j.priority DESC, j.scheduled_for, j.id
-                    LIMIT allowance FOR UPDATE SKIP LOCKED
+                    LIMIT group_allow FOR UPDATE SKIP LOCKED
                 ) AS c;
                 taken := coalesce(cardinality(picked), 0);
+                carry := due - taken;
                 CONTINUE WHEN taken = 0;
                 ids := ids || picked;
                 allowance := allowance - taken;
                 INSERT INTO pgqueue.job_groups AS s (queue, group_key, vtime)
                 VALUES (p_queue, group_keys[i], group_vtimes[i] + taken / group_weights[i])
                 ON CONFLICT (queue, group_key) DO UPDATE SET vtime = s.vtime + taken / s.weight;
+                IF cfg.group_rate_limit IS NOT NULL THEN
+                    INSERT INTO pgqueue.rate_starts SELECT p_queue, group_keys[i], now() FROM generate_series(1, taken);
+                END IF;
             END LOOP;
-        END IF;
+        END LOOP;
         -- Jobs without a group share what the groups left.
         IF allowance > 0 THEN
             SELECT array_agg(c.id) INTO picked FROM (
