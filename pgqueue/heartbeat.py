@@ -63,7 +63,7 @@ class Beat:
     """One renewal: the jobs the loop ran when it was sent (``sent``) and what the database answered."""
 
     sent: set[int]
-    renewed: set[int] = field(default_factory=set)
+    held: set[int] = field(default_factory=set)  # of ``sent``, those the database still shows as ours
     registered: bool = True
     cancel_requested: list[int] = field(default_factory=list)
 
@@ -142,8 +142,8 @@ class LeaseRenewer:
         rows = self._fetch("job_heartbeat", params, "heartbeat")
         if rows is None or self._stop.is_set():
             return
-        renewed, registered, cancel_requested = rows[0]
-        self._on_beat(Beat(sent, set(renewed), bool(registered), list(cancel_requested)))
+        held, registered, cancel_requested = rows[0]
+        self._on_beat(Beat(sent, set(held), bool(registered), list(cancel_requested)))
 
     def _fetch(self, name: str, params: dict[str, Any], what: str) -> list[tuple[Any, ...]] | None:
         try:

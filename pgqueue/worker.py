@@ -589,7 +589,7 @@ class Worker:
         if not beat.registered:
             await self._register()  # forgotten as stale (a long pause, a partition): say we are back
         await self._sync()
-        for job_id in beat.sent - beat.renewed:
+        for job_id in beat.sent - beat.held:
             record = self._running.get(job_id)
             if record is None or record.acking or record.lost:
                 continue

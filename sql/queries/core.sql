@@ -250,10 +250,16 @@ FROM d
 RETURNING id;
 
 -- name: job_progress_update
--- Progress reported since the last flush, for jobs this worker still holds.
+-- Progress reported since the last flush, for jobs this worker still holds. Rows another statement has locked
+-- (our own completion deleting them) are skipped rather than waited for: waiting could close a lock cycle with
+-- a completion of several jobs, and a job being completed has no progress left to report.
 UPDATE pgqueue.jobs AS j SET progress = p.progress, progress_message = p.message
 FROM unnest(%(progress_ids)s::bigint[], %(progress)s::real[], %(progress_messages)s::text[]) AS p(id, progress, message)
-WHERE j.id = p.id AND j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C";
+WHERE j.id = p.id AND j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C"
+  AND j.id IN (SELECT l.id FROM pgqueue.jobs AS l
+               WHERE l.id = ANY(%(progress_ids)s::bigint[]) AND l.worker_id = %(worker_id)s
+                 AND l.state = 'running' COLLATE "C"
+               FOR NO KEY UPDATE SKIP LOCKED);
 
 -- name: job_release
 -- Graceful shutdown: hand unfinished jobs back to the queue at once. The interrupted attempt is not counted
@@ -267,21 +273,33 @@ WITH r AS (
 SELECT r.queue, count(*), pg_notify('pgqueue_jobs', r.queue) FROM r GROUP BY r.queue;
 
 -- name: job_heartbeat
--- Renew the lease of every job this worker holds and say the worker is alive, in one round trip. The ids
--- renewed come back: a job the worker runs that is not among them was taken from it (its lease expired).
+-- Renew the lease of every job this worker holds and say the worker is alive, in one round trip. The ids it
+-- still holds come back: a job the worker runs that is not among them was taken from it (its lease expired).
 -- Progress reported by handlers since the last heartbeat rides along; jobs whose cancellation was requested
 -- come back too. Only the jobs it says it runs (%(ids)s) are renewed: a job it claimed but lost track of (the
 -- claim's reply lost with its connection, an internal error) must expire and be reclaimed, not be renewed
 -- forever.
+-- A row another statement has locked is skipped, not waited for. The locker is nearly always this worker's own
+-- completion of a batch, which deletes rows in its own order: waiting for it while holding other rows it wants
+-- next is a deadlock (PostgreSQL breaks it by failing one side). A skipped job still counts as held (this
+-- statement's snapshot shows it ours) and its lease, several heartbeats long, is renewed by the next beat.
 WITH progress AS (
     SELECT * FROM unnest(%(progress_ids)s::bigint[], %(progress)s::real[], %(progress_messages)s::text[])
         AS p(id, progress, message)
+), held AS (
+    SELECT j.id FROM pgqueue.jobs AS j
+    WHERE j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C" AND j.id = ANY(%(ids)s::bigint[])
+), free AS (
+    SELECT j.id FROM pgqueue.jobs AS j
+    WHERE j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C" AND j.id = ANY(%(ids)s::bigint[])
+    FOR NO KEY UPDATE SKIP LOCKED
 ), renewed AS (
     UPDATE pgqueue.jobs AS j
     SET lease_expires_at = now() + make_interval(secs => %(lease)s),
         progress = coalesce((SELECT p.progress FROM progress AS p WHERE p.id = j.id), j.progress),
         progress_message = coalesce((SELECT p.message FROM progress AS p WHERE p.id = j.id), j.progress_message)
-    WHERE j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C" AND j.id = ANY(%(ids)s::bigint[])
+    FROM free AS f
+    WHERE j.id = f.id AND j.worker_id = %(worker_id)s AND j.state = 'running' COLLATE "C"
     RETURNING j.id, j.cancel_requested
 ), w AS (
     UPDATE pgqueue.workers
@@ -289,7 +307,7 @@ WITH progress AS (
     WHERE id = %(worker_id)s
     RETURNING id
 )
-SELECT array(SELECT id FROM renewed) AS renewed, (SELECT count(*) FROM w) AS registered,
+SELECT array(SELECT id FROM held) AS held, (SELECT count(*) FROM w) AS registered,
        array(SELECT id FROM renewed WHERE cancel_requested) AS cancel_requested;
 
 -- name: job_reap_expired

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ import pytest
 
 from pgqueue import App, Context, JobState, ValidationError, testing
 from pgqueue.heartbeat import SWITCH_INTERVAL
+from pgqueue.queries import q
 from pgqueue.testing import running_worker
 from tests.conftest import wait_for
 
@@ -100,3 +102,50 @@ def test_the_switch_interval_is_short_while_workers_run_and_restored_after(app: 
         wait_for(lambda: sys.getswitchinterval() == SWITCH_INTERVAL, timeout=5, message="a shorter interval")
     assert sys.getswitchinterval() == before
     assert [t.name for t in threading.enumerate() if t.name == "pgqueue-heartbeat"] == []
+
+
+def _running_jobs(db: psycopg.Connection[Any], worker_id: uuid.UUID, n: int) -> list[int]:
+    return [r[0] for r in db.execute(
+        "INSERT INTO pgqueue.jobs (task, state, attempt, worker_id, started_at, lease_expires_at) "
+        "SELECT 't', 'running', 1, %s, now(), now() + interval '1 minute' FROM generate_series(1, %s) "
+        "RETURNING id", (worker_id, n)).fetchall()]
+
+
+def test_a_heartbeat_does_not_wait_for_rows_its_completion_holds(dsn: str, db: psycopg.Connection[Any]) -> None:
+    """Scenario 7 (and the PostgreSQL log of every chaos run): a completion of several jobs deletes them in its
+    own order while the heartbeat renews the same jobs in id order. Each held a row the other wanted next:
+    "deadlock detected", the loser's statement rolled back and its connection was dropped and reopened. The
+    heartbeat and the progress flush now skip rows another statement has locked, so they wait for nothing and
+    cannot close the cycle; a skipped job still counts as held and is renewed by the next beat."""
+    worker_id = uuid.uuid4()
+    first, middle, last = _running_jobs(db, worker_id, 3)
+    params = {"worker_id": worker_id, "ids": [first, middle, last], "lease": 120.0, "jobs_done": 0,
+              "jobs_failed": 0, "state": "running", "progress_ids": [first, last], "progress": [0.5, 0.5],
+              "progress_messages": ["half", "half"]}
+    with psycopg.connect(dsn) as completion, psycopg.connect(dsn, autocommit=True) as heartbeat:
+        heartbeat.execute("SET lock_timeout = '2s'")  # waiting at all fails the test, rather than deadlocking
+        # The completion has deleted the last job and is about to delete the first.
+        completion.execute("DELETE FROM pgqueue.jobs WHERE id = %s", (last,))
+        held, _, _ = heartbeat.execute(q("job_heartbeat"), params).fetchall()[0]
+        heartbeat.execute(q("job_progress_update"), params)
+        completion.execute("DELETE FROM pgqueue.jobs WHERE id = %s", (first,))
+        completion.commit()
+    assert sorted(held) == [first, middle, last]  # the locked one is not taken for lost
+    leases = dict(db.execute("SELECT id, lease_expires_at > now() + interval '90 seconds' FROM pgqueue.jobs "
+                             "WHERE id = ANY(%s)", ([first, middle, last],)).fetchall())
+    assert leases == {middle: True}  # renewed; the completion's two are gone, as it committed
+
+
+def test_a_progress_flush_skips_a_row_being_completed(dsn: str, db: psycopg.Connection[Any]) -> None:
+    worker_id = uuid.uuid4()
+    done, busy = _running_jobs(db, worker_id, 2)
+    params = {"worker_id": worker_id, "progress_ids": [done, busy], "progress": [0.25, 0.75],
+              "progress_messages": ["a", "b"]}
+    with psycopg.connect(dsn) as completion, psycopg.connect(dsn, autocommit=True) as flush:
+        flush.execute("SET lock_timeout = '2s'")
+        completion.execute("SELECT 1 FROM pgqueue.jobs WHERE id = %s FOR UPDATE", (done,))
+        flush.execute(q("job_progress_update"), params)
+        completion.rollback()
+    progress = dict(db.execute("SELECT id, progress FROM pgqueue.jobs WHERE id = ANY(%s)",
+                               ([done, busy],)).fetchall())
+    assert progress == {done: None, busy: 0.75}
