@@ -100,6 +100,39 @@ def test_wake_ups_one_per_queue_per_transaction_and_none_when_turned_off(app: Ap
         assert heard() == ["three"]
 
 
+def test_an_open_enqueue_holds_its_queues_wake_up_until_it_commits(app: App, dsn: str) -> None:
+    """Of the enqueues into one queue in one 100 ms slot, the one whose transaction is open holds the wake-up:
+    another commits without notifying (the holder's commit wakes the workers), while an enqueue into another
+    queue, or of a job due later, is not held back or sent."""
+    slot = "floor(date_part('epoch', now()) * 10)"
+    with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn, autocommit=True) as other:
+        listener.execute("LISTEN pgqueue_jobs")
+
+        def heard() -> list[str]:
+            select.select([listener.fileno()], [], [], 0.5)
+            return sorted(n.payload for n in listener.notifies(timeout=0.2))
+
+        for _ in range(50):  # until both transactions start in one slot (almost always the first time)
+            with psycopg.connect(dsn) as holder:
+                held = holder.execute(f"SELECT {slot} FROM (SELECT pgqueue.enqueue('t', queue => 'held')) AS e")
+                with other.transaction():
+                    same = other.execute(f"SELECT {slot} FROM (SELECT pgqueue.enqueue('t', queue => 'held')) AS e")
+                    same_slot = same.fetchone() == held.fetchone()
+                if not same_slot:
+                    holder.rollback()
+                    heard()
+                    continue
+                assert heard() == []
+                other.execute("SELECT pgqueue.enqueue('t', queue => 'free')")
+                other.execute("SELECT pgqueue.enqueue('t', queue => 'later', run_at => now() + interval '1 hour')")
+                assert heard() == ["free"]
+                holder.commit()
+                assert heard() == ["held"]
+                break
+        else:
+            pytest.fail("no two transactions started in one 100 ms slot in 50 tries")
+
+
 def test_delayed_and_future_jobs_are_scheduled(app: App, db: psycopg.Connection[Any]) -> None:
     @app.task()
     def later() -> None: ...
