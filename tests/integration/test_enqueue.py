@@ -21,6 +21,13 @@ def count_jobs(db: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
+def heard(listener: psycopg.Connection[Any], wait: float = 1.0, then: float = 0.3) -> list[str]:
+    """The payloads of the notifications ``listener`` receives: waits up to ``wait`` s for the first, then
+    takes what else arrives within ``then`` s."""
+    select.select([listener.fileno()], [], [], wait)
+    return sorted(n.payload for n in listener.notifies(timeout=then))
+
+
 def test_enqueue_returns_the_job_and_it_reads_back(app: App) -> None:
     @app.task(queue="emails", priority=2, max_attempts=5)
     def send_email(to: str, subject: str) -> None: ...
@@ -72,8 +79,7 @@ def test_enqueue_many_is_one_statement_with_one_notification_per_queue(app: App,
         assert [j.args for j in jobs] == [[i] for i in range(1000)]
         assert [j.id for j in jobs] == sorted(j.id for j in jobs)  # ids map back to the input order
         assert [app.job(j.id).args for j in jobs[::100]] == [[i] for i in range(0, 1000, 100)]
-        select.select([listener.fileno()], [], [], 2)
-        payloads = sorted(n.payload for n in listener.notifies(timeout=0.5))
+        payloads = heard(listener, wait=2, then=0.5)
     assert payloads == ["bulk", "bulk2"]
 
 
@@ -82,22 +88,17 @@ def test_wake_ups_one_per_queue_per_transaction_and_none_when_turned_off(app: Ap
     that session (a bulk load leaves the jobs to the workers' next look); a single SQL enqueue notifies."""
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN pgqueue_jobs")
-
-        def heard() -> list[str]:
-            select.select([listener.fileno()], [], [], 1)
-            return sorted(n.payload for n in listener.notifies(timeout=0.3))
-
         bulk = ("INSERT INTO pgqueue.jobs (queue, task, args, kwargs) SELECT CASE WHEN i <= 2500 THEN 'one' "
                 "ELSE 'two' END, 't', '[]', '{}' FROM generate_series(1, 5000) AS i")
         conn.execute(bulk)
-        assert heard() == ["one", "two"]
+        assert heard(listener) == ["one", "two"]
         conn.execute("SET pgqueue.notify = off")
         conn.execute(bulk)
         conn.execute("SELECT pgqueue.enqueue('t', queue => 'three')")
-        assert heard() == []
+        assert heard(listener) == []
         conn.execute("RESET pgqueue.notify")
         conn.execute("SELECT pgqueue.enqueue('t', queue => 'three')")
-        assert heard() == ["three"]
+        assert heard(listener) == ["three"]
 
 
 def test_an_open_enqueue_holds_its_queues_wake_up_until_it_commits(app: App, dsn: str) -> None:
@@ -107,11 +108,6 @@ def test_an_open_enqueue_holds_its_queues_wake_up_until_it_commits(app: App, dsn
     slot = "floor(date_part('epoch', now()) * 10)"
     with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn, autocommit=True) as other:
         listener.execute("LISTEN pgqueue_jobs")
-
-        def heard() -> list[str]:
-            select.select([listener.fileno()], [], [], 0.5)
-            return sorted(n.payload for n in listener.notifies(timeout=0.2))
-
         for _ in range(50):  # until both transactions start in one slot (almost always the first time)
             with psycopg.connect(dsn) as holder:
                 held = holder.execute(f"SELECT {slot} FROM (SELECT pgqueue.enqueue('t', queue => 'held')) AS e")
@@ -120,14 +116,14 @@ def test_an_open_enqueue_holds_its_queues_wake_up_until_it_commits(app: App, dsn
                     same_slot = same.fetchone() == held.fetchone()
                 if not same_slot:
                     holder.rollback()
-                    heard()
+                    heard(listener)
                     continue
-                assert heard() == []
+                assert heard(listener) == []
                 other.execute("SELECT pgqueue.enqueue('t', queue => 'free')")
                 other.execute("SELECT pgqueue.enqueue('t', queue => 'later', run_at => now() + interval '1 hour')")
-                assert heard() == ["free"]
+                assert heard(listener) == ["free"]
                 holder.commit()
-                assert heard() == ["held"]
+                assert heard(listener) == ["held"]
                 break
         else:
             pytest.fail("no two transactions started in one 100 ms slot in 50 tries")

@@ -233,7 +233,7 @@ def notify_contention(run: Run, processes: int, threads: int, seconds: float, cy
     windows that cycle through: notifications on; off (``SET pgqueue.notify = off``, the trigger still runs);
     and no trigger at all. The shared machine's load drifts, so each window is compared with its neighbours in
     the same cycle and the median ratio is the figure. A first cycle is run and reported but not counted: its
-    first window measured 300 new connections warming their caches (it read 0.6-0.7x its neighbours in every
+    first window measured the enqueuers' new connections warming their caches (it read 0.6-0.7x its neighbours in every
     run, always against ``on``, the mode that came first)."""
     gap = 0.4
     modes = ("on", "off", "none")
