@@ -340,8 +340,12 @@ class Worker:
             self._wake.clear()
             free = cfg.concurrency - self._busy - len(self._prefetched)  # slots no job is meant for yet
             room = free + cfg.prefetch
-            if len(self._running) - self._busy - len(self._prefetched) >= cfg.concurrency:
-                room = 0  # as many outcomes wait to be written as there are slots: let the completer catch up
+            if len(self._running) - self._busy - len(self._prefetched) >= cfg.concurrency + cfg.prefetch:
+                # As many outcomes wait to be written as the worker may hold jobs: let the completer catch up.
+                # Not at `concurrency` alone: with prefetch, a batch of fast jobs ran ahead of the completer and
+                # claiming stopped while it caught up (A/B, 100,000 no-op jobs, concurrency 100, prefetch 400:
+                # one process 17.6k -> 20.9k jobs/s, medians of 3). With no prefetch nothing changes.
+                room = 0
             if room > 0 and self._more:
                 asked = min(room, cfg.batch)
                 try:
