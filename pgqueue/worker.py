@@ -131,10 +131,15 @@ class WorkerConfig:
             raise ValidationError(f"vacuum_after must not be negative (0 turns it off), got {self.vacuum_after}")
 
     @property
+    def holds(self) -> int:
+        """Jobs the worker may hold claimed at once: its slots and its prefetch."""
+        return self.concurrency + self.prefetch
+
+    @property
     def batch(self) -> int:
         """Jobs per claim. Half the slots (and of the prefetch): when one half's handlers return, the other
         half's claim is already back, so the worker never waits on the database with every slot empty."""
-        return self.claim_batch or max(1, min(100, (self.concurrency + self.prefetch) // 2))
+        return self.claim_batch or max(1, min(100, self.holds // 2))
 
 
 class _HandlerThreads(ThreadPoolExecutor):
@@ -340,7 +345,7 @@ class Worker:
             self._wake.clear()
             free = cfg.concurrency - self._busy - len(self._prefetched)  # slots no job is meant for yet
             room = free + cfg.prefetch
-            if len(self._running) - self._busy - len(self._prefetched) >= cfg.concurrency + cfg.prefetch:
+            if len(self._running) - self._busy - len(self._prefetched) >= cfg.holds:
                 # As many outcomes wait to be written as the worker may hold jobs: let the completer catch up.
                 # Not at `concurrency` alone: with prefetch, a batch of fast jobs ran ahead of the completer and
                 # claiming stopped while it caught up (A/B, 100,000 no-op jobs, concurrency 100, prefetch 400:
@@ -362,7 +367,7 @@ class Worker:
                 for job in jobs:
                     self._admit(job)
                 self._more = len(jobs) == asked
-                if self._more and self._busy + len(self._prefetched) < cfg.concurrency + cfg.prefetch:
+                if self._more and self._busy + len(self._prefetched) < cfg.holds:
                     continue
             if self._settle:
                 # Under contention an enqueue may leave its wake-up to another's notification, which can arrive
