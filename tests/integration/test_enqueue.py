@@ -237,3 +237,17 @@ def test_sql_api_payload_limit(db: psycopg.Connection[Any], app: App) -> None:
                 db.transaction():
             db.execute("SELECT pgqueue.enqueue('t', json_build_object('x', repeat('a', 200)))")
     assert count_jobs(db) == 0
+
+
+def test_a_one_thread_producer_keeps_to_one_server_connection(app: App) -> None:
+    # The pool hands out its connections in turn. Had its first request found it empty, it would have grown
+    # to two, and each enqueue would go to the other server process (colder, about 5% fewer jobs per second).
+    @app.task
+    def noop() -> None: ...
+
+    noop.enqueue()  # the pool's first request
+    pids = set()
+    for _ in range(6):
+        with app.connection() as conn:
+            pids.add(conn.info.backend_pid)
+    assert len(pids) == 1
